@@ -1,0 +1,67 @@
+# durable-mx — the two commands: `make lab` (bring up the lab and converge site.yml) and
+# `make test` (lint, unit tests, Molecule scenarios). Run as root on Debian 12.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+# Podman on this host needs runc and explicit ulimits; the lab, Molecule and tests share this file.
+export CONTAINERS_CONF := $(CURDIR)/files/lab/containers.conf
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR ?= 0
+
+HOST_PACKAGES := podman runc netavark aardvark-dns debootstrap xfsprogs python3-venv git
+LAB_INVENTORY := inventories/lab/hosts.yml
+SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+
+.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit molecule clean-stale
+
+help:
+	@echo "make lab        bring up the lab nodes and run site.yml against them"
+	@echo "make lab-down   remove the lab's containers, network, loop devices and disk files"
+	@echo "make test       yamllint, ansible-lint, unit tests, Molecule scenarios ($(SCENARIOS))"
+
+deps: host-packages $(VENV)/.installed
+
+host-packages:
+	@missing=$$(for p in $(HOST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing host packages:" $$missing; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+lab: deps lab-up
+	ansible-playbook -i $(LAB_INVENTORY) site.yml
+	@$(MAKE) --no-print-directory lab-summary
+
+lab-up:
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/up.yml
+
+lab-summary:
+	@ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/summary.yml | sed -n '/==== LAB SUMMARY/,/==== END SUMMARY/p' | sed -E 's/^ {8}//'
+
+lab-down: deps
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/down.yml
+
+test: deps lint unit molecule
+
+lint:
+	yamllint --strict .
+	ansible-lint
+
+unit:
+	pytest -q tests/unit
+
+molecule: clean-stale
+	@for s in $(SCENARIOS); do echo "=== molecule scenario $$s"; molecule test -s $$s || exit 1; done
+
+# Leftovers of an interrupted Molecule run (containers, networks, loop devices), and only those.
+clean-stale:
+	@bash tests/clean-stale.sh
