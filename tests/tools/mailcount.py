@@ -172,7 +172,8 @@ def postcat_body(queue_id: str, config_dir: str | None) -> str | None:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0 or not result.stdout:
         return None
-    return result.stdout
+    # postcat -b starts with the empty line that separates headers from the body.
+    return result.stdout[1:] if result.stdout.startswith("\n") else result.stdout
 
 
 def file_body(path: Path) -> str | None:

@@ -16,11 +16,15 @@ RCPT = "load@durable-mx.test"
 QUEUE = "/var/spool/postfix"
 
 
-def start_sending(mc: str, tag: str, count: int, parallel: int = 4, port: int = 25, size: int = 2048) -> str:
+def start_sending(mc: str, tag: str, count: int, parallel: int = 4, port: int = 25, size: int = 2048,
+                  delay: float = 0.01) -> str:
+    """Send in the background on the client, as a transient systemd unit mc-TAG."""
     out = f"/tmp/{tag}.jsonl"
     node(CLIENT).check_output(
-        f"rm -f {out}; setsid -f {mc} send --host {MX} --port {port} --count {count} --parallel {parallel} "
-        f"--size {size} --rcpt {RCPT} --tag {tag} --out {out} > /tmp/{tag}.log 2>&1"
+        f"rm -f {out}; systemd-run --quiet --collect --unit mc-{tag} "
+        f"--property=StandardOutput=file:/tmp/{tag}.log {mc} send --host {MX} --port {port} "
+        f"--count {count} --parallel {parallel} --size {size} --delay {delay} --timeout 10 "
+        f"--rcpt {RCPT} --tag {tag} --out {out}"
     )
     return out
 
@@ -30,13 +34,15 @@ def acks(out: str) -> int:
 
 
 def wait_sent(tag: str, timeout: float = 240) -> None:
-    wait_for(lambda: node(CLIENT).run(f"pgrep -f -- '--tag {tag} '").rc != 0, timeout, f"sender {tag} to finish")
+    wait_for(lambda: node(CLIENT).run(f"systemctl is-active mc-{tag}").stdout.strip() != "active",
+             timeout, f"sender {tag} to finish")
 
 
-def restart_postfix_after_crash() -> None:
+def kill_postfix() -> None:
+    """SIGKILL every process of the Postfix unit at once, as a crash or power loss would."""
     mx = node(MX)
     mx.run("systemctl kill --signal=SIGKILL postfix@-.service")
-    wait_for(lambda: mx.run("pgrep -x master").rc != 0, 30, "Postfix to die")
+    wait_for(lambda: mx.run("systemctl is-active postfix@-.service").stdout.strip() != "active", 30, "Postfix to die")
     mx.check_output("systemctl reset-failed postfix@-.service postfix.service || true")
 
 
@@ -55,7 +61,7 @@ def test_kill_9_during_inflow_loses_nothing(mailcount):
     mailcount(MX)
     out = start_sending(mc, "kill9", 600)
     wait_for(lambda: acks(out) >= 150, 120, "150 acknowledged messages")
-    restart_postfix_after_crash()
+    kill_postfix()
     wait_sent("kill9")
     node(MX).check_output("systemctl start postfix")
     figures = check_in_queue(mc, out)
@@ -69,11 +75,11 @@ def test_power_cut_loses_no_acknowledged_message(mailcount):
     mx = node(MX)
     out = start_sending(mc, "powercut", 1000)
     wait_for(lambda: acks(out) >= 300, 120, "300 acknowledged messages")
-    # Shut the filesystem down without flushing its log: what was not on disk is gone, as after
-    # pulling the plug.
+    # Pull the plug: the filesystem stops without flushing its log (what was not on disk is
+    # gone) and every Postfix process dies with it.
     mx.check_output(f"xfs_io -x -c shutdown {QUEUE}")
+    kill_postfix()
     wait_sent("powercut")
-    restart_postfix_after_crash()
     mx.check_output(f"umount {QUEUE} && mount {QUEUE}")
     mx.check_output("systemctl start postfix")
     figures = check_in_queue(mc, out)
@@ -88,14 +94,15 @@ def test_harness_catches_an_unsafe_receiver(mailcount):
     mc = mailcount(CLIENT)
     mx = node(MX)
     mx.check_output("umount /srv/unsafe 2>/dev/null; mkfs.xfs -q -f /dev/vdc && mkdir -p /srv/unsafe && mount /dev/vdc /srv/unsafe")
-    mx.check_output(f"setsid -f {mc} sink --listen 0.0.0.0:2525 --dir /srv/unsafe/mail --no-fsync > /tmp/sink.log 2>&1")
+    mx.check_output(f"systemd-run --quiet --collect --unit unsafe-sink {mc} sink --listen 0.0.0.0:2525 "
+                    "--dir /srv/unsafe/mail --no-fsync")
     wait_for(lambda: mx.socket("tcp://0.0.0.0:2525").is_listening, 30, "the unsafe sink to listen")
     out = start_sending(mc, "unsafe", 1000, port=2525)
     wait_for(lambda: acks(out) >= 300, 120, "300 acknowledged messages")
     mx.check_output("xfs_io -x -c shutdown /srv/unsafe")
     wait_sent("unsafe")
-    mx.run("pkill -f 'mailcount sink'")
-    wait_for(lambda: mx.run("pgrep -f 'mailcount sink'").rc != 0, 30, "the sink to stop")
+    mx.check_output("systemctl kill --signal=SIGKILL unsafe-sink.service")
+    wait_for(lambda: mx.run("systemctl is-active unsafe-sink.service").stdout.strip() != "active", 30, "the sink to stop")
     mx.check_output("umount /srv/unsafe && mount /dev/vdc /srv/unsafe")
     copy_between(CLIENT, out, MX, out)
     figures = json_out(mx, f"{mc} check-dir --acks {out} --dir /srv/unsafe/mail")
@@ -123,7 +130,8 @@ def test_nearly_full_queue_volume_answers_4xx_and_keeps_what_it_acked(mailcount)
         report("queue volume nearly full", figures)
         assert figures["acked"] > 0, "mail fits while space remains above queue_minfree"
         assert figures["452"] > 0, "clients must get 452 before the disk fills"
-        assert all(c in (250, 452) for c in codes), f"unexpected replies: {set(codes)}"
+        # -1: smtpd hangs up on a client after too many 452s (smtpd_hard_error_limit).
+        assert set(codes) <= {250, 452, -1}, f"unexpected replies: {set(codes)}"
         assert figures["lost"] == 0 and figures["corrupt"] == 0, figures["missing_ids"]
     finally:
         mx.check_output(f"rm -f {QUEUE}/durable-mx-test-fill")
