@@ -13,14 +13,16 @@ export ANSIBLE_FORCE_COLOR ?= 0
 
 HOST_PACKAGES := podman runc netavark aardvark-dns debootstrap xfsprogs python3-venv git
 LAB_INVENTORY := inventories/lab/hosts.yml
-SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+# Scenarios of `make test`; molecule/bench is the benchmark bed of `make bench`.
+SCENARIOS ?= default durable
 
-.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit molecule clean-stale
+.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit molecule clean-stale bench bench-acceptance
 
 help:
 	@echo "make lab        bring up the lab nodes and run site.yml against them"
 	@echo "make lab-down   remove the lab's containers, network, loop devices and disk files"
 	@echo "make test       yamllint, ansible-lint, unit tests, Molecule scenarios ($(SCENARIOS))"
+	@echo "make bench      benchmarks (printed figures and ratios, results/ as JSON)"
 
 deps: host-packages $(VENV)/.installed
 
@@ -65,3 +67,12 @@ molecule: clean-stale
 # Leftovers of an interrupted Molecule run (containers, networks, loop devices), and only those.
 clean-stale:
 	@bash tests/clean-stale.sh
+
+# Benchmarks: printed ratios against baselines measured in the same run, never asserted.
+bench: bench-acceptance
+
+bench-acceptance: deps clean-stale
+	@mkdir -p results
+	molecule create -s bench && molecule prepare -s bench && molecule converge -s bench \
+	  && python bench/acceptance.py --json results/bench-acceptance.json; \
+	rc=$$?; molecule destroy -s bench >/dev/null; exit $$rc
