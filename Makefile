@@ -16,7 +16,7 @@ LAB_INVENTORY := inventories/lab/hosts.yml
 # Scenarios of `make test`; molecule/bench is the benchmark bed of `make bench`.
 SCENARIOS ?= default durable
 
-.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit molecule clean-stale bench bench-acceptance
+.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit molecule clean-stale bench
 
 help:
 	@echo "make lab        bring up the lab nodes and run site.yml against them"
@@ -69,10 +69,11 @@ clean-stale:
 	@bash tests/clean-stale.sh
 
 # Benchmarks: printed ratios against baselines measured in the same run, never asserted.
-bench: bench-acceptance
+# One bench bed (molecule/bench) serves every script in BENCH; results/ keeps the JSON.
+BENCH ?= acceptance queue_read
 
-bench-acceptance: deps clean-stale
+bench: deps clean-stale
 	@mkdir -p results
 	molecule create -s bench && molecule prepare -s bench && molecule converge -s bench \
-	  && python bench/acceptance.py --json results/bench-acceptance.json; \
+	  && for b in $(BENCH); do echo "=== bench/$$b.py"; python bench/$$b.py --json results/bench-$$b.json || exit 1; done; \
 	rc=$$?; molecule destroy -s bench >/dev/null; exit $$rc

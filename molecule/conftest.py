@@ -109,3 +109,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         for name in _inventory_groups().get("mx", []):
             journal = node(name).run("journalctl -q --no-pager -n 25 -u 'postfix*'").stdout
             report.sections.append((f"journal of postfix on {name}", journal))
+
+
+def run_module(name: str, module: str, args: dict, check: bool = False) -> dict:
+    """Run one of our Ansible modules on a node (ad hoc, JSON result)."""
+    command = ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], name, "-m", module, "-a", json.dumps(args)]
+    if check:
+        command.append("--check")
+    env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    try:
+        outcome = json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"][name]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise AssertionError(f"{module} on {name}: no result ({exc}): {result.stdout[-800:]} {result.stderr[-800:]}")
+    return outcome

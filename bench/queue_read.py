@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Reading a big queue: our queue facts and integrity scan against qshape, postqueue -j and find,
+on the same 100,000-message deferred queue of the `bench` durable node, warm and cold cache.
+
+Prints absolute times and ratios; asserts nothing. Run by `make bench`.
+Targets from issue 4: facts <= 0.2 x qshape; integrity walk-and-header pass <= 3 x find.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+NODE = "dmx-bench-durable"
+QUEUE = "/var/spool/postfix"
+RCPT = "load@durable-mx.test"
+
+# The same code the postfix_queue_facts module and the integrity command run (module_utils).
+FACTS = f"""
+import sys, time
+sys.path.insert(0, '/usr/local/lib/durable-mx')
+import postfix_queue as q
+start = time.monotonic()
+messages, errors = q.walk_queue('{QUEUE}')
+summary = q.summarize(messages, time.time())
+print(time.monotonic() - start, summary['queues'].get('deferred', {{}}).get('count', 0))
+"""
+INTEGRITY = f"""
+import sys, time, pwd, grp
+sys.path.insert(0, '/usr/local/lib/durable-mx')
+import postfix_queue as q
+s = q.instance_settings('/etc/postfix')
+start = time.monotonic()
+report = q.integrity_scan('{QUEUE}', dry_run=True, hash_queue_names=s['hash_queue_names'],
+                          hash_queue_depth=s['hash_queue_depth'], owner_uid=pwd.getpwnam(s['mail_owner']).pw_uid,
+                          postdrop_gid=grp.getgrnam(s['setgid_group']).gr_gid)
+print(time.monotonic() - start, report['scanned'])
+"""
+
+
+def sh(command: str) -> str:
+    return subprocess.run(["podman", "exec", NODE, "bash", "-c", command],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def count(queue: str) -> int:
+    return int(sh(f"find {QUEUE}/{queue} -type f | wc -l"))
+
+
+def fill(target: int) -> None:
+    """Top the deferred queue up to `target` messages, sent over SMTP on the node itself."""
+    missing = target - count("deferred")
+    if missing > 0:
+        print(f"queueing {missing} messages (smtp-source to 127.0.0.1) ...", flush=True)
+        start = time.monotonic()
+        sh(f"smtp-source -s 8 -m {missing} -l 1024 -f bench@client.test -t {RCPT} 127.0.0.1:25")
+        print(f"  accepted in {time.monotonic() - start:.0f} s", flush=True)
+    deadline = time.monotonic() + 1800
+    while count("incoming") + count("active") > 0 and time.monotonic() < deadline:
+        time.sleep(5)
+    print(f"deferred queue: {count('deferred')} messages, {count('defer')} defer logs", flush=True)
+
+
+def timed_shell(command: str) -> float:
+    return float(sh(f"TIMEFORMAT=%R; {{ time {command} > /dev/null 2>&1; }} 2>&1 | tail -1"))
+
+
+def timed_python(code: str) -> float:
+    return float(subprocess.run(["podman", "exec", NODE, "python3", "-c", code],
+                                check=True, capture_output=True, text=True).stdout.split()[0])
+
+
+def drop_caches() -> None:
+    # The page cache is the host's: dropping it there makes the next read a cold one.
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as fh:
+        fh.write("3\n")
+
+
+def measure(cold: bool, repeat: int) -> dict:
+    tools = {
+        "qshape deferred": lambda: timed_shell("qshape deferred"),
+        "postqueue -j": lambda: timed_shell("postqueue -j"),
+        "find -type f": lambda: timed_shell(f"find {QUEUE}/deferred {QUEUE}/defer -type f"),
+        "durable-mx facts": lambda: timed_python(FACTS),
+        "durable-mx integrity scan": lambda: timed_python(INTEGRITY),
+    }
+    figures = {}
+    for name, run in tools.items():
+        runs = []
+        for _ in range(repeat):
+            if cold:
+                drop_caches()
+            runs.append(run())
+        figures[name] = statistics.median(runs)
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=100000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    fill(args.messages)
+    results = {"messages": count("deferred")}
+    for label, cold in (("warm", False), ("cold", True)):
+        figures = measure(cold, args.repeat)
+        results[label] = figures
+        print(f"\n{label} cache, median of {args.repeat} (seconds):")
+        for name, seconds in figures.items():
+            print(f"  {name:<28} {seconds:8.2f}")
+        facts = figures["durable-mx facts"] / figures["qshape deferred"]
+        scan = figures["durable-mx integrity scan"] / figures["find -type f"]
+        print(f"  facts / qshape = {facts:.2f} (target <= 0.2); integrity / find = {scan:.1f} (target <= 3)")
+        results[label]["ratios"] = {"facts_over_qshape": facts, "integrity_over_find": scan}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

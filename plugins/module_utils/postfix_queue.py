@@ -1,0 +1,888 @@
+# -*- coding: utf-8 -*-
+# Copyright: durable-mx contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Read and check Postfix mail queues without Postfix's help.
+
+Standard library only: the same file is imported by Ansible modules (through
+Ansiballz, as ansible.module_utils.postfix_queue), by the pre-start integrity
+command and by the Prometheus exporter, which run as plain Python on nodes.
+
+Formats, verified against Postfix 3.7.11 queue files and Postfix source
+(src/global/rec_type.h, record.c, mail_queue.[ch], mail_open_ok.c,
+qmgr_active.c):
+
+* A queue file is a sequence of records: one type byte, the data length as
+  7-bit little-endian groups (high bit set = another length byte follows),
+  then the data.  The envelope (C, T, A, S, O, R, D, p ...) ends at M; the
+  content (N, L, w) at X; the extracted segment (A, R, O, ...) at E.  A 'p'
+  record with a non-zero offset points at records appended after E (cleanup
+  and milter edits), which point back again.
+* C holds fixed-width numbers: content size (what postqueue reports as
+  message_size), data offset, recipient count, qmgr flags, content length
+  and, since Postfix 3.0, SMTPUTF8 flags.  The extracted segment starts at
+  data_offset + content size.  Files from postdrop (maildrop) have no C
+  record; postqueue reports their file size.
+* T is "seconds microseconds" of arrival.
+* Deferred messages keep a text log in defer/ (hashed like deferred/):
+  entries of name=value lines (recipient=, status=, reason= ...) separated
+  by blank lines.
+* Hashed queues (hash_queue_names) live in dir_forest(key, hash_queue_depth)
+  subdirectories: one directory level per character of the key.  The key is
+  the queue ID itself for short IDs; for long IDs (enable_long_queue_ids) it
+  is the 4 base-52 microsecond characters before the last 'z', re-encoded
+  as 5 upper-case hex digits.
+* A complete queue file has owner permissions rwx (MAIL_QUEUE_STAT_READY);
+  files still being written (or left half-written by a crash) do not.
+  Maildrop files are 0744, owned by the submitting user, group setgid_group.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import stat
+import subprocess
+import time
+from collections import Counter
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+MESSAGE_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+DEFAULT_HASH_QUEUE_NAMES = ("deferred", "defer")
+DEFAULT_HASH_QUEUE_DEPTH = 1
+
+# qshape's age columns: each key counts messages younger than that many
+# minutes (and not younger than the previous key); "1280+" is the rest.
+AGE_BUCKETS_MINUTES = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
+AGE_BUCKET_KEYS = tuple(str(b) for b in AGE_BUCKETS_MINUTES) + ("1280+",)
+
+REASON_CLASSES = ("dns", "connect", "tls", "4xx", "5xx", "other")
+
+# Every record type Postfix 3.x writes into a queue file (rec_type.h).
+KNOWN_RECORD_TYPES = frozenset(b"CTcFILSDRO/WAK>fdMNwXrePpV<ionmE")
+REC_SIZE, REC_TIME, REC_FROM = ord("C"), ord("T"), ord("S")
+REC_RCPT, REC_MESG, REC_XTRA = ord("R"), ord("M"), ord("X")
+REC_END, REC_PTR, REC_ATTR = ord("E"), ord("p"), ord("A")
+
+# Reading must not dirty inodes (atime) of 100k files; only root may ask.
+_READ_FLAGS = os.O_RDONLY | (getattr(os, "O_NOATIME", 0) if os.geteuid() == 0 else 0)
+HEAD_BYTES = 4096  # the envelope of almost every message fits in one read
+MAX_RECORD_LEN = 1 << 30
+
+# Base-52 alphabet of long queue IDs (safe_ultostr.c: digits, then upper and
+# lower case consonants), verified against real hashed queue paths.
+_LONG_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"
+_LONG_ID_VALUE = {c: i for i, c in enumerate(_LONG_ID_ALPHABET)}
+_QUEUE_ID_RE = re.compile(r"^[0-9A-Za-z]+$")
+_TEMP_NAME_RE = re.compile(r"^\d+\.\d+$")  # mail_queue_enter(): "usec.pid"
+
+
+class QueueFileError(ValueError):
+    """A queue file does not have the structure Postfix writes."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__("%s: %s" % (kind, detail))
+        self.kind = kind
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------
+# Records
+
+
+def parse_record(buf: bytes, pos: int) -> Tuple[int, int, int]:
+    """Decode the record at buf[pos:]; return (type, data start, data end).
+
+    Raises IndexError when buf ends inside the record header, so a caller
+    holding only the head of a file can read more and retry.
+    """
+    rtype = buf[pos]
+    pos += 1
+    length = 0
+    shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+        if shift >= 32:
+            raise QueueFileError("bad-record", "too many length bytes in record %r" % chr(rtype))
+    return rtype, pos, pos + length
+
+
+class RecordReader:
+    """Reads records from an open file descriptor, fetching bytes on demand."""
+
+    def __init__(self, fd: int, head: bytes) -> None:
+        self.fd = fd
+        self.buf = head
+        self.base = 0  # file offset of buf[0]
+        self.eof = 0 < len(head) < HEAD_BYTES  # an empty head means "nothing read yet"
+
+    def _fill(self, offset: int, need: int) -> None:
+        """Make buf cover file bytes [offset, offset + need), or up to EOF."""
+        if self.base <= offset and (offset + need <= self.base + len(self.buf) or self.eof):
+            return
+        size = max(need, HEAD_BYTES)
+        self.buf = os.pread(self.fd, size, offset)
+        self.base = offset
+        self.eof = len(self.buf) < size
+
+    def record(self, offset: int) -> Tuple[int, bytes, int]:
+        """Return (type, data, offset of the next record) for the record at offset."""
+        self._fill(offset, 16)
+        rel = offset - self.base
+        if rel >= len(self.buf):
+            raise QueueFileError("truncated", "file ends at offset %d before an END record" % offset)
+        try:
+            rtype, start, end = parse_record(self.buf, rel)
+        except IndexError:
+            raise QueueFileError("truncated", "file ends inside a record header at offset %d" % offset)
+        if end - start > MAX_RECORD_LEN:
+            raise QueueFileError("bad-record", "record %r at offset %d claims %d bytes" % (chr(rtype), offset, end - start))
+        if end > len(self.buf):
+            self._fill(offset, end - rel)
+            rel = offset - self.base
+            rtype, start, end = parse_record(self.buf, rel)
+            if end > len(self.buf):
+                raise QueueFileError("truncated", "record %r at offset %d is cut short" % (chr(rtype), offset))
+        return rtype, self.buf[start:end], self.base + end
+
+
+def _pointer_target(data: bytes) -> int:
+    try:
+        return int(data.strip() or b"0")
+    except ValueError:
+        raise QueueFileError("bad-record", "pointer record holds %r" % data[:20])
+
+
+def read_envelope(fd: int, head: Optional[bytes] = None, file_size: Optional[int] = None) -> Dict[str, Any]:
+    """Read the envelope of an open queue file (records up to M).
+
+    Returns arrival_time, create_time, message_size, sender, recipients
+    (pending R records only: D records are done), data_offset and the offset
+    of the extracted segment (both None for maildrop files, which have no C
+    record).  This is the hot path of a queue walk, hence one flat loop.
+    """
+    buf = os.pread(fd, HEAD_BYTES, 0) if head is None else head
+    base = 0  # file offset of buf[0]
+    pos = 0
+    recipients: List[str] = []
+    info: Dict[str, Any] = {
+        "arrival_time": None, "create_time": None, "message_size": None,
+        "sender": None, "recipients": recipients, "xtra_offset": None, "data_offset": None,
+    }
+    while True:
+        try:
+            rtype = buf[pos]
+            length = buf[pos + 1]
+            if length < 0x80:
+                start = pos + 2
+                end = start + length
+            else:
+                rtype, start, end = parse_record(buf, pos)
+            short = end > len(buf)
+        except IndexError:
+            short = True
+        if short:  # the record runs past what we have read: read from its start
+            offset = base + pos
+            nxt = RecordReader(fd, b"").record(offset)[2]  # raises if the file is cut short
+            buf, base, pos = os.pread(fd, max(HEAD_BYTES, nxt - offset), offset), offset, 0
+            continue
+        if rtype not in KNOWN_RECORD_TYPES:
+            raise QueueFileError("unknown-record", "record type %r at offset %d" % (chr(rtype), base + pos))
+        pos = end
+        if rtype == REC_RCPT:
+            recipients.append(buf[start:end].decode("utf-8", "replace"))
+        elif rtype == REC_MESG:
+            break
+        elif rtype == REC_TIME:
+            info["arrival_time"] = int(buf[start:end].split(None, 1)[0])
+        elif rtype == REC_FROM:
+            info["sender"] = buf[start:end].decode("utf-8", "replace")
+        elif rtype == REC_SIZE:
+            fields = buf[start:end].split()
+            content, data_offset = int(fields[0]), int(fields[1])
+            info["message_size"] = content
+            info["data_offset"] = data_offset
+            info["xtra_offset"] = data_offset + content
+        elif rtype == REC_ATTR and buf.startswith(b"create_time=", start):
+            info["create_time"] = int(buf[start + 12:end])
+        elif rtype == REC_PTR:
+            target = _pointer_target(buf[start:end])
+            if target:
+                if base <= target < base + len(buf):
+                    pos = target - base
+                else:
+                    buf, base, pos = os.pread(fd, HEAD_BYTES, target), target, 0
+        elif rtype == REC_END:
+            raise QueueFileError("bad-record", "END record inside the envelope at offset %d" % (base + start))
+    if info["message_size"] is None and file_size is not None:
+        info["message_size"] = file_size  # as postqueue does for maildrop files
+    if info["arrival_time"] is None:
+        raise QueueFileError("bad-record", "no arrival time (T) record in the envelope")
+    return info
+
+
+def check_structure(fd: int, file_size: int, head: Optional[bytes] = None) -> Dict[str, Any]:
+    """Validate a whole queue file the way qmgr reads it; return the envelope.
+
+    Reads the envelope, jumps over the message content (as qmgr does, using
+    the C record) and walks the extracted segment until the END record.
+    Files without a C record (maildrop) are walked record by record.
+    Raises QueueFileError(kind) with kind truncated, unknown-record or
+    bad-record.
+    """
+    if head is None:
+        head = os.pread(fd, HEAD_BYTES, 0)
+    env = read_envelope(fd, head, file_size)
+    reader = RecordReader(fd, head)
+    if env["xtra_offset"] is not None:
+        if env["xtra_offset"] >= file_size:
+            raise QueueFileError("truncated", "content should end at offset %d but the file has %d bytes" % (env["xtra_offset"], file_size))
+        offset = env["xtra_offset"]
+        rtype, _data, _nxt = reader.record(offset)
+        if rtype != REC_XTRA:
+            raise QueueFileError("bad-record", "expected X record at offset %d, found %r" % (offset, chr(rtype)))
+    else:
+        offset = 0
+    while True:
+        rtype, _data, nxt = reader.record(offset)
+        if rtype not in KNOWN_RECORD_TYPES:
+            raise QueueFileError("unknown-record", "record type %r at offset %d" % (chr(rtype), offset))
+        if rtype == REC_END:
+            return env
+        offset = nxt
+
+
+# --------------------------------------------------------------------------
+# Queue IDs and hashed directories
+
+
+def hash_key(queue_id: str) -> str:
+    """The string whose leading characters name a queue file's hash directories."""
+    zpos = queue_id.rfind("z")
+    if zpos >= 10:  # MQID_LG_TIME_PAD: a long queue ID
+        usec = 0
+        for char in queue_id[zpos - 4:zpos]:
+            usec = usec * 52 + _LONG_ID_VALUE[char]
+        return "%05X" % usec
+    return queue_id
+
+
+def hash_dirs(queue_id: str, depth: int) -> List[str]:
+    """Subdirectory names dir_forest() gives queue_id at the given depth."""
+    key = hash_key(queue_id)
+    return [key[i] if i < len(key) else "_" for i in range(depth)]
+
+
+def is_queue_id(name: str) -> bool:
+    return bool(_QUEUE_ID_RE.match(name))
+
+
+def postsuper_safe_id(name: str) -> bool:
+    """A queue ID postsuper cannot mistake for its "ALL" wildcard."""
+    return is_queue_id(name) and name.upper() != "ALL"
+
+
+# --------------------------------------------------------------------------
+# Configuration
+
+
+def postconf(config_dir: Optional[str], names: Iterable[str], runner: Callable[..., Any] = subprocess.run) -> Dict[str, str]:
+    """Values of main.cf parameters for one instance, via `postconf -h`."""
+    names = list(names)
+    cmd = ["postconf"] + (["-c", config_dir] if config_dir else []) + ["-h"] + names
+    proc = runner(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (" ".join(cmd), proc.stderr.strip()))
+    values = proc.stdout.splitlines()
+    if len(values) != len(names):
+        raise RuntimeError("%s returned %d lines for %d names" % (" ".join(cmd), len(values), len(names)))
+    return dict(zip(names, values))
+
+
+def split_list(value: str) -> List[str]:
+    return [v for v in re.split(r"[\s,]+", value) if v]
+
+
+def instance_settings(config_dir: Optional[str], runner: Callable[..., Any] = subprocess.run) -> Dict[str, Any]:
+    """The queue layout and ownership of one Postfix instance."""
+    vals = postconf(config_dir, ["queue_directory", "hash_queue_names", "hash_queue_depth", "mail_owner", "setgid_group"], runner)
+    return {
+        "queue_directory": vals["queue_directory"],
+        "hash_queue_names": split_list(vals["hash_queue_names"]),
+        "hash_queue_depth": int(vals["hash_queue_depth"]),
+        "mail_owner": vals["mail_owner"],
+        "setgid_group": vals["setgid_group"],
+    }
+
+
+# --------------------------------------------------------------------------
+# postqueue -j
+
+
+def parse_postqueue_json(text: str) -> List[Dict[str, Any]]:
+    """Parse `postqueue -j` output (one JSON object per line)."""
+    messages = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ValueError("postqueue -j line %d is not JSON (%s): %r" % (lineno, exc, line[:80]))
+        messages.append({
+            "queue_name": obj["queue_name"],
+            "queue_id": obj["queue_id"],
+            "arrival_time": int(obj["arrival_time"]),
+            "message_size": int(obj["message_size"]),
+            # postqueue shows the null sender as MAILER-DAEMON; queue files hold "".
+            "sender": "" if obj.get("sender") == "MAILER-DAEMON" else obj.get("sender", ""),
+            "recipients": [r["address"] for r in obj.get("recipients", [])],
+            "reasons": {r["address"]: r["delay_reason"] for r in obj.get("recipients", []) if "delay_reason" in r},
+            "forced_expire": bool(obj.get("forced_expire", False)),
+        })
+    return messages
+
+
+# --------------------------------------------------------------------------
+# Defer logs
+
+
+_DEFER_LOG_FIELD_RE = re.compile(rb"^(recipient|status|action|reason)=(.*)$", re.M)
+
+
+def parse_defer_log(data: bytes) -> Dict[str, Dict[str, str]]:
+    """Map recipient -> {status, action, reason} from a defer/ logfile.
+
+    Entries are name=value lines, each starting with recipient=; the last
+    entry for a recipient wins.
+    """
+    result: Dict[str, Dict[str, str]] = {}
+    entry: Dict[str, str] = {}
+    for key, value in _DEFER_LOG_FIELD_RE.findall(data):
+        if key == b"recipient":
+            entry = {}
+            result[value.decode("utf-8", "replace")] = entry
+        else:
+            entry[key.decode()] = value.decode("utf-8", "replace")
+    return result
+
+
+# --------------------------------------------------------------------------
+# Deferral reason classes
+
+_TLS_RE = re.compile(r"\b(?:STARTTLS|TLS|SSL)\b|certificate|handshake", re.I)
+_REPLY_RE = re.compile(r"(?:said|refused to talk to me):\s*([45])\d\d\b")
+_DNS_RE = re.compile(r"Host or domain name not found|Name service error|host not found|"
+                     r"\bDNS\b|MX lookup|lookup (?:error|failure)|NXDOMAIN|SERVFAIL|no MX host", re.I)
+_CONNECT_RE = re.compile(r"connect to |connection (?:timed out|refused|reset)|timed out|"
+                         r"unreachable|no route to host|lost connection|network is down", re.I)
+
+
+@functools.lru_cache(maxsize=4096)  # a big queue repeats a handful of reasons
+def classify_reason(reason: Optional[str], status: Optional[str] = None) -> str:
+    """Class of a deferral reason: dns, connect, tls, 4xx, 5xx or other.
+
+    TLS first (a TLS failure often quotes a 4xx reply), then a quoted remote
+    reply, then DNS, then connection failures; the enhanced status code
+    (X.4.1/X.4.2 network, X.4.3/X.4.4 routing) is the fallback.
+    """
+    text = reason or ""
+    if _TLS_RE.search(text):
+        return "tls"
+    reply = _REPLY_RE.search(text)
+    if reply:
+        return reply.group(1) + "xx"
+    if _DNS_RE.search(text):
+        return "dns"
+    if _CONNECT_RE.search(text):
+        return "connect"
+    detail = (status or "").split(".")
+    if len(detail) == 3 and detail[1] == "4":
+        if detail[2] in ("1", "2"):
+            return "connect"
+        if detail[2] in ("3", "4"):
+            return "dns"
+    return "other"
+
+
+# --------------------------------------------------------------------------
+# Walking the queue
+
+
+def _walk_files(top: str) -> Iterator[os.DirEntry]:
+    """Every non-directory entry under top, at any hash depth."""
+    try:
+        it = os.scandir(top)
+    except FileNotFoundError:
+        return
+    with it:
+        dirs = []
+        for entry in it:
+            if entry.is_dir(follow_symlinks=False):
+                dirs.append(entry.path)
+            else:
+                yield entry
+    for path in dirs:
+        yield from _walk_files(path)
+
+
+class EnvelopeCache:
+    """Envelopes keyed by path, reused while (inode, mtime, size) are unchanged.
+
+    Queue files are rewritten in place only through their W and C records'
+    fixed-width fields and D marks; a changed mtime or size invalidates.
+    """
+
+    def __init__(self) -> None:
+        self._entries: Dict[str, Tuple[Tuple[int, int, int], Dict[str, Any]]] = {}
+        self._seen: set = set()
+
+    def get(self, path: str, st: os.stat_result) -> Optional[Dict[str, Any]]:
+        self._seen.add(path)
+        hit = self._entries.get(path)
+        if hit and hit[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
+            return hit[1]
+        return None
+
+    def put(self, path: str, st: os.stat_result, env: Dict[str, Any]) -> None:
+        self._entries[path] = ((st.st_ino, st.st_mtime_ns, st.st_size), env)
+
+    def prune(self) -> None:
+        """Forget files not seen since the last prune (call after each walk)."""
+        self._entries = {p: v for p, v in self._entries.items() if p in self._seen}
+        self._seen = set()
+
+
+def read_message(path: str, st: Optional[os.stat_result] = None) -> Dict[str, Any]:
+    """Envelope of one queue file (opened read-only, never locked)."""
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        if st is None:
+            st = os.fstat(fd)
+        return read_envelope(fd, None, st.st_size)
+    finally:
+        os.close(fd)
+
+
+def _read_small(path: str) -> bytes:
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        return os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
+
+
+def walk_queue(queue_dir: str, queues: Iterable[str] = MESSAGE_QUEUES, with_reasons: bool = True,
+               cache: Optional[EnvelopeCache] = None) -> Tuple[List[Dict[str, Any]], List[Dict[str, str]]]:
+    """Read every message in the named queues of one queue directory.
+
+    Returns (messages, errors).  Each message has queue_name, queue_id,
+    arrival_time, message_size, sender, recipients (pending) and, when
+    with_reasons, reasons {recipient: {status, reason}} from defer/.
+    Files that vanish mid-walk (delivered meanwhile) are skipped silently;
+    unreadable or malformed ones are listed in errors.
+    """
+    messages: List[Dict[str, Any]] = []
+    errors: List[Dict[str, str]] = []
+    defer_logs: Dict[str, str] = {}
+    if with_reasons:
+        for entry in _walk_files(os.path.join(queue_dir, "defer")):
+            defer_logs[entry.name] = entry.path
+    for queue in queues:
+        for entry in _walk_files(os.path.join(queue_dir, queue)):
+            if not is_queue_id(entry.name):
+                continue  # temp files and strays: the integrity scan's business
+            try:
+                st = entry.stat(follow_symlinks=False)
+                env = cache.get(entry.path, st) if cache else None
+                if env is None:
+                    env = read_message(entry.path, st)
+                    if cache:
+                        cache.put(entry.path, st, env)
+            except FileNotFoundError:
+                continue
+            except (OSError, QueueFileError, ValueError, IndexError) as exc:
+                errors.append({"path": entry.path, "error": str(exc)})
+                continue
+            msg = {
+                "queue_name": queue, "queue_id": entry.name,
+                "arrival_time": env["arrival_time"], "message_size": env["message_size"],
+                "sender": env["sender"], "recipients": env["recipients"],
+            }
+            log = defer_logs.get(entry.name)
+            if log:
+                try:
+                    msg["reasons"] = parse_defer_log(_read_small(log))
+                except FileNotFoundError:
+                    pass
+            messages.append(msg)
+    if cache:
+        cache.prune()
+    return messages, errors
+
+
+# --------------------------------------------------------------------------
+# Summaries
+
+
+def age_bucket(age_seconds: float) -> str:
+    minutes = age_seconds / 60.0
+    for limit, key in zip(AGE_BUCKETS_MINUTES, AGE_BUCKET_KEYS):
+        if minutes < limit:
+            return key
+    return "1280+"
+
+
+def age_histogram(ages: Iterable[float]) -> Dict[str, int]:
+    hist = dict.fromkeys(AGE_BUCKET_KEYS, 0)
+    for age in ages:
+        hist[age_bucket(age)] += 1
+    return hist
+
+
+def recipient_domain(address: str) -> str:
+    return address.rpartition("@")[2].lower() if "@" in address else ""
+
+
+def display_sender(sender: Optional[str]) -> str:
+    return sender if sender else "MAILER-DAEMON"
+
+
+def _top(counter: Counter, top_n: int, key: str) -> List[Dict[str, Any]]:
+    ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
+    return [{key: k, "count": v} for k, v in ranked]
+
+
+def summarize(messages: List[Dict[str, Any]], now: float, top_n: int = 10) -> Dict[str, Any]:
+    """Per-queue counts, bytes, age histogram, oldest age, top domains and reasons.
+
+    Domains count pending recipients (as qshape does); reasons count
+    deferred recipients, each classified with classify_reason().
+    """
+    queues: Dict[str, Dict[str, Any]] = {}
+    all_domains: Counter = Counter()
+    reasons: Counter = Counter()
+    classes: Counter = Counter()
+    for queue in MESSAGE_QUEUES:
+        queues[queue] = {"count": 0, "bytes": 0, "recipients": 0, "oldest_age": 0,
+                         "age_histogram": dict.fromkeys(AGE_BUCKET_KEYS, 0), "top_domains": Counter()}
+    for msg in messages:
+        q = queues.setdefault(msg["queue_name"], {"count": 0, "bytes": 0, "recipients": 0, "oldest_age": 0,
+                                                  "age_histogram": dict.fromkeys(AGE_BUCKET_KEYS, 0),
+                                                  "top_domains": Counter()})
+        age = max(0, int(now - msg["arrival_time"]))
+        q["count"] += 1
+        q["bytes"] += msg["message_size"] or 0
+        q["recipients"] += len(msg["recipients"])
+        q["oldest_age"] = max(q["oldest_age"], age)
+        q["age_histogram"][age_bucket(age)] += 1
+        for rcpt in msg["recipients"]:
+            dom = recipient_domain(rcpt)
+            q["top_domains"][dom] += 1
+            all_domains[dom] += 1
+        for rcpt, info in (msg.get("reasons") or {}).items():
+            if isinstance(info, str):  # postqueue -j gives the text only
+                info = {"reason": info}
+            if rcpt not in msg["recipients"]:
+                continue  # delivered since that attempt
+            cls = classify_reason(info.get("reason"), info.get("status"))
+            classes[cls] += 1
+            reasons[(cls, info.get("reason", ""))] += 1
+    for q in queues.values():
+        q["top_domains"] = _top(q["top_domains"], top_n, "domain")
+    top_reasons = [{"class": k[0], "reason": k[1], "count": v}
+                   for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]]
+    return {
+        "queues": queues,
+        "total": {"count": sum(q["count"] for q in queues.values()),
+                  "bytes": sum(q["bytes"] for q in queues.values()),
+                  "recipients": sum(q["recipients"] for q in queues.values())},
+        "oldest_age": max([q["oldest_age"] for q in queues.values()] + [0]),
+        "top_domains": _top(all_domains, top_n, "domain"),
+        "top_reasons": top_reasons,
+        "reason_classes": {c: classes.get(c, 0) for c in REASON_CLASSES},
+    }
+
+
+# --------------------------------------------------------------------------
+# Selection (postfix_queue module)
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds in a Postfix-style duration: 300, "300s", "5m", "1h", "2d", "1w"."""
+    if isinstance(value, bool):
+        raise ValueError("duration %r is not a number with an optional unit s/m/h/d/w" % (value,))
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("duration %r is negative" % (value,))
+        return value
+    match = _DURATION_RE.match(str(value))
+    if not match:
+        raise ValueError("duration %r is not a number with an optional unit s/m/h/d/w" % (value,))
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def select_messages(messages: Iterable[Dict[str, Any]], now: float, queues: Optional[Iterable[str]] = None,
+                    domain: Optional[str] = None, sender: Optional[str] = None, min_age: Optional[int] = None,
+                    queue_ids: Optional[Iterable[str]] = None) -> List[Dict[str, Any]]:
+    """Messages matching every given selector (None = no constraint).
+
+    domain matches a pending recipient's domain, case-insensitively; a
+    leading dot (".example.com") also matches its subdomains.  sender ""
+    or "MAILER-DAEMON" selects bounces (the null sender).
+    """
+    qset = set(queues) if queues else None
+    idset = set(queue_ids) if queue_ids else None
+    dom = domain.lower() if domain else None
+    snd = None if sender is None else ("" if sender in ("", "MAILER-DAEMON", "<>") else sender.lower())
+    chosen = []
+    for msg in messages:
+        if qset is not None and msg["queue_name"] not in qset:
+            continue
+        if idset is not None and msg["queue_id"] not in idset:
+            continue
+        if min_age is not None and now - msg["arrival_time"] < min_age:
+            continue
+        if snd is not None and (msg["sender"] or "").lower() != snd:
+            continue
+        if dom is not None and not any(_domain_matches(recipient_domain(r), dom) for r in msg["recipients"]):
+            continue
+        chosen.append(msg)
+    return chosen
+
+
+def _domain_matches(candidate: str, wanted: str) -> bool:
+    if wanted.startswith("."):
+        return candidate == wanted[1:] or candidate.endswith(wanted)
+    return candidate == wanted
+
+
+# --------------------------------------------------------------------------
+# Integrity scan
+
+REASON_ORDER = ("not-regular", "temp-orphan", "bad-name", "zero-length", "not-ready", "bad-mode",
+                "bad-owner", "truncated", "unknown-record", "bad-record", "misplaced")
+
+
+def _expected_dir(queue_dir: str, queue: str, queue_id: str, hash_names: Iterable[str], depth: int) -> str:
+    base = os.path.join(queue_dir, queue)
+    if queue in hash_names:
+        return os.path.join(base, *hash_dirs(queue_id, depth))
+    return base
+
+
+def inspect_file(entry_path: str, queue: str, st: os.stat_result, expected_dir: Optional[str],
+                 owner_uid: Optional[int], postdrop_gid: Optional[int]) -> Optional[Tuple[str, str]]:
+    """(reason, detail) when a file in a message queue is suspect, else None."""
+    name = os.path.basename(entry_path)
+    if not stat.S_ISREG(st.st_mode):
+        return "not-regular", "not a regular file (mode %o)" % st.st_mode
+    if _TEMP_NAME_RE.match(name):
+        return "temp-orphan", "temporary file left by an interrupted queue file creation"
+    if not is_queue_id(name):
+        return "bad-name", "file name is not a queue ID"
+    if st.st_size == 0:
+        return "zero-length", "empty queue file"
+    perms = stat.S_IMODE(st.st_mode)
+    if perms & stat.S_IRWXU != stat.S_IRWXU:
+        return "not-ready", "mode %04o: the file was never completed (Postfix sets u=rwx when done)" % perms
+    allowed_extra = 0o044 if queue == "maildrop" else 0o040
+    if perms & ~(stat.S_IRWXU | allowed_extra):
+        return "bad-mode", "mode %04o has bits Postfix never sets" % perms
+    if queue == "maildrop":
+        if postdrop_gid is not None and st.st_gid != postdrop_gid:
+            return "bad-owner", "group %d, expected setgid_group gid %d" % (st.st_gid, postdrop_gid)
+    elif owner_uid is not None and st.st_uid != owner_uid:
+        return "bad-owner", "owner %d, expected mail_owner uid %d" % (st.st_uid, owner_uid)
+    fd = os.open(entry_path, _READ_FLAGS)
+    try:
+        check_structure(fd, st.st_size)
+    except QueueFileError as exc:
+        return exc.kind, exc.detail
+    except (ValueError, IndexError) as exc:
+        return "bad-record", str(exc)
+    finally:
+        os.close(fd)
+    if expected_dir is not None and os.path.dirname(entry_path) != expected_dir:
+        return "misplaced", "belongs in %s" % expected_dir
+    return None
+
+
+def default_quarantine_dir(queue_dir: str) -> str:
+    """A quarantine beside the queue directory when on the same filesystem, else inside it.
+
+    Inside is safe: Postfix only looks at its own queue subdirectories.
+    """
+    queue_dir = os.path.abspath(queue_dir)
+    sibling_parent = os.path.dirname(queue_dir)
+    if os.stat(sibling_parent).st_dev == os.stat(queue_dir).st_dev:
+        return os.path.join(sibling_parent, "durable-mx-quarantine")
+    return os.path.join(queue_dir, "durable-mx-quarantine")
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def quarantine_file(src: str, queue_dir: str, batch_dir: str, label: Dict[str, Any]) -> str:
+    """Move src under batch_dir keeping its path relative to queue_dir; write a label.
+
+    os.rename only: it never copies, so a message is never in two places or
+    none, and it fails (EXDEV) rather than cross filesystems.
+    """
+    rel = os.path.relpath(src, queue_dir)
+    dst = os.path.join(batch_dir, rel)
+    os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
+    if os.path.lexists(dst):
+        raise FileExistsError("quarantine target %s already exists" % dst)
+    os.rename(src, dst)
+    label_path = dst + ".label.json"
+    fd = os.open(label_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, (json.dumps(label, sort_keys=True, indent=1) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(os.path.dirname(dst))
+    _fsync_dir(os.path.dirname(src))
+    return dst
+
+
+def integrity_scan(queue_dir: str, quarantine_dir: Optional[str] = None, dry_run: bool = False,
+                   hash_queue_names: Iterable[str] = DEFAULT_HASH_QUEUE_NAMES,
+                   hash_queue_depth: int = DEFAULT_HASH_QUEUE_DEPTH, owner_uid: Optional[int] = None,
+                   postdrop_gid: Optional[int] = None, quarantine_misplaced: bool = False,
+                   now: Optional[float] = None) -> Dict[str, Any]:
+    """Find suspect queue files and move them to a quarantine on the same volume.
+
+    Suspects: non-regular files, orphaned temp files, non-queue-ID names,
+    empty files, files never completed (owner bits not rwx), stray mode bits,
+    wrong owner (or maildrop group), truncated files (no END record),
+    unknown record types.  Files in the wrong hash directory ("misplaced")
+    are only reported unless quarantine_misplaced: `postsuper -s` moves them
+    back into place, which is what a hash_queue_depth change needs.
+    The corrupt queue is Postfix's own quarantine and is only counted.
+    Nothing is ever deleted.  Returns a JSON-serialisable report.
+    """
+    now = time.time() if now is None else now
+    queue_dir = os.path.abspath(queue_dir)
+    hash_names = set(hash_queue_names)
+    quarantine_dir = os.path.abspath(quarantine_dir) if quarantine_dir else default_quarantine_dir(queue_dir)
+    if os.stat(_nearest_existing(quarantine_dir)).st_dev != os.stat(queue_dir).st_dev:
+        raise ValueError("quarantine directory %s is not on the filesystem of %s; a move there would be a copy"
+                         % (quarantine_dir, queue_dir))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    batch_dir = os.path.join(quarantine_dir, stamp)
+    report: Dict[str, Any] = {
+        "queue_directory": queue_dir, "quarantine_directory": batch_dir, "dry_run": dry_run,
+        "scanned": 0, "suspects": [], "misplaced": [], "quarantined": 0, "errors": [],
+        "corrupt_queue_files": 0,
+    }
+    for queue in MESSAGE_QUEUES:
+        for entry in _walk_files(os.path.join(queue_dir, queue)):
+            if queue == "corrupt":
+                report["corrupt_queue_files"] += 1
+                continue
+            report["scanned"] += 1
+            try:
+                st = entry.stat(follow_symlinks=False)
+                expected = _expected_dir(queue_dir, queue, entry.name, hash_names, hash_queue_depth) \
+                    if is_queue_id(entry.name) else None
+                verdict = inspect_file(entry.path, queue, st, expected, owner_uid, postdrop_gid)
+            except FileNotFoundError:
+                continue  # delivered or moved while we looked: not ours to judge
+            except (OSError, KeyError) as exc:
+                report["errors"].append({"path": entry.path, "error": str(exc)})
+                continue
+            if verdict is None:
+                continue
+            reason, detail = verdict
+            item = {"path": entry.path, "queue": queue, "queue_id": entry.name, "reason": reason,
+                    "detail": detail, "size": st.st_size, "mode": "%04o" % stat.S_IMODE(st.st_mode),
+                    "uid": st.st_uid, "gid": st.st_gid}
+            if reason == "misplaced" and not quarantine_misplaced:
+                item["action"] = "left for postsuper -s"
+                report["misplaced"].append(item)
+                continue
+            if dry_run:
+                item["action"] = "would quarantine"
+            else:
+                label = {"reason": reason, "detail": detail, "original_path": entry.path,
+                         "quarantined_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                         "size": st.st_size, "mode": item["mode"], "uid": st.st_uid, "gid": st.st_gid,
+                         "tool": "durable-mx-queue-integrity"}
+                try:
+                    item["quarantined_to"] = quarantine_file(entry.path, queue_dir, batch_dir, label)
+                    item["action"] = "quarantined"
+                    report["quarantined"] += 1
+                except OSError as exc:
+                    item["action"] = "failed"
+                    report["errors"].append({"path": entry.path, "error": "quarantine failed: %s" % exc})
+            report["suspects"].append(item)
+    report["clean"] = not report["suspects"] and not report["misplaced"] and not report["errors"]
+    return report
+
+
+# --------------------------------------------------------------------------
+# postsuper actions (postfix_queue module)
+
+# postsuper flag and the queues whose messages the action can change.
+ACTIONS = {
+    "hold": ("-h", ("maildrop", "incoming", "active", "deferred")),
+    "release": ("-H", ("hold",)),
+    "requeue": ("-r", ("incoming", "active", "deferred", "hold")),
+    "delete": ("-d", ("maildrop", "incoming", "active", "deferred", "hold")),
+    "expire": ("-e", ("incoming", "active", "deferred", "hold")),
+}
+CONFIRM_VALUES = {"delete": "yes-delete-all", "expire": "yes-expire-all"}
+_POSTSUPER_DONE_RE = re.compile(r"^postsuper: ([0-9A-Za-z]+): (placed on hold|released from hold|requeued|removed|expired)\s*$")
+
+
+def refuse_unselective(action: str, selectors: Dict[str, Any], confirm: Optional[str]) -> Optional[str]:
+    """Why an action must not run (None when it may).
+
+    A delete or expire without any selector would hit every message of the
+    instance; it needs the exact confirmation value.
+    """
+    if action not in CONFIRM_VALUES or any(v not in (None, [], "") for v in selectors.values()):
+        return None
+    if confirm == CONFIRM_VALUES[action]:
+        return None
+    return ("action=%s without any selector (queue, domain, sender, min_age, queue_ids) would affect every "
+            "message; got confirm=%r, set confirm=%r to really do that"
+            % (action, confirm, CONFIRM_VALUES[action]))
+
+
+def postsuper_command(action: str, config_dir: Optional[str]) -> List[str]:
+    """One postsuper call reading the ID list from stdin (IDs must pass postsuper_safe_id)."""
+    flag = ACTIONS[action][0]
+    return ["postsuper"] + (["-c", config_dir] if config_dir else []) + [flag, "-"]
+
+
+def parse_postsuper_output(text: str) -> List[str]:
+    """Queue IDs postsuper reports as changed, in its order."""
+    changed = []
+    for line in text.splitlines():
+        match = _POSTSUPER_DONE_RE.match(line.strip())
+        if match:
+            changed.append(match.group(1))
+    return changed
