@@ -66,7 +66,8 @@ def fill(target: int) -> None:
 
 
 def timed_shell(command: str) -> float:
-    return float(sh(f"TIMEFORMAT=%R; {{ time {command} > /dev/null 2>&1; }} 2>&1 | tail -1"))
+    # bash's `time` keyword; the command's own failure fails the run (no timing of an error).
+    return float(sh(f"set -o pipefail; TIMEFORMAT=%R; {{ time {command} > /dev/null; }} 2>&1 | tail -1"))
 
 
 def timed_python(code: str) -> float:
