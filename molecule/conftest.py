@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -113,7 +114,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 def run_module(name: str, module: str, args: dict, check: bool = False) -> dict:
     """Run one of our Ansible modules on a node (ad hoc, JSON result)."""
-    command = ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], name, "-m", module, "-a", json.dumps(args)]
+    # Ad-hoc arguments are key=value; lists are comma-separated.
+    pairs = [f"{key}={shlex.quote(','.join(value) if isinstance(value, list) else str(value))}"
+             for key, value in args.items()]
+    command = ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], name, "-m", module, "-a", " ".join(pairs)]
     if check:
         command.append("--check")
     env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
