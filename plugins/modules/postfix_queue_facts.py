@@ -44,6 +44,18 @@ options:
     description: Number of domains and reasons to list.
     type: int
     default: 10
+  cache:
+    description:
+      - Keep what was read in a file under O(cache_dir) and, next time, read only the queue
+        files and defer logs whose inode, ctime or size changed since (any change Postfix
+        makes to a file sets its ctime). With C(source=files) only.
+      - The cache is read in check mode but not written.
+    type: bool
+    default: true
+  cache_dir:
+    description: Directory of the cache files, one per queue directory (root only, mode 0700).
+    type: path
+    default: /var/cache/durable-mx
 author:
   - durable-mx contributors
 """
@@ -126,12 +138,13 @@ queue:
       elements: dict
 """
 
+import os
 import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.postfix_queue import (instance_settings, parse_postqueue_json, summarize,
-                                                walk_queue)
+from ansible.module_utils.postfix_queue import (EnvelopeCache, instance_settings, parse_postqueue_json,
+                                                summarize, walk_queue)
 
 
 def run_module() -> None:
@@ -141,6 +154,8 @@ def run_module() -> None:
             queue_directory=dict(type="path"),
             source=dict(type="str", choices=["files", "postqueue"], default="files"),
             top_n=dict(type="int", default=10),
+            cache=dict(type="bool", default=True),
+            cache_dir=dict(type="path", default="/var/cache/durable-mx"),
         ),
         supports_check_mode=True,
     )
@@ -163,7 +178,18 @@ def run_module() -> None:
                 queue_dir = instance_settings(params["config_dir"], subprocess.run)["queue_directory"]
             except (OSError, RuntimeError, ValueError) as exc:
                 module.fail_json(msg="cannot read the settings of config_dir=%s: %s" % (params["config_dir"], exc))
-        messages, errors = walk_queue(queue_dir)
+        if params["cache"]:
+            name = "queue-facts%s.cache" % os.path.abspath(queue_dir).replace("/", "_")
+            cache_file = os.path.join(params["cache_dir"], name)
+            cache = EnvelopeCache.load(cache_file)
+            messages, errors = walk_queue(queue_dir, cache=cache)
+            if cache.changed and not module.check_mode:
+                try:
+                    cache.save(cache_file)
+                except OSError as exc:
+                    module.warn("could not save the queue cache %s: %s" % (cache_file, exc))
+        else:
+            messages, errors = walk_queue(queue_dir)
     summary = summarize(messages, now, params["top_n"])
     summary.update(config_dir=params["config_dir"], queue_directory=queue_dir, source=params["source"],
                    generated_at=now, errors=errors)

@@ -43,9 +43,9 @@ def test_failed_child_falls_back_to_serial(spool, monkeypatch):
 
 
 def test_small_queues_are_read_in_one_process(spool, monkeypatch):
-    entries = pq._queue_entries(str(spool), pq.MESSAGE_QUEUES)
-    assert len(entries) == 17
-    assert not pq._worth_forking(entries)
+    messages, _ = pq.walk_queue(str(spool))
+    assert len(messages) == 17
+    assert not pq._worth_forking(messages)
 
 
 def test_maildrop_size_is_the_file_size(spool):

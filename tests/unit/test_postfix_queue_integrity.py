@@ -33,8 +33,45 @@ def test_clean_queue_gives_clean_report_and_changes_nothing(spool):
         assert report["clean"], report
         assert report["scanned"] == 17 and report["quarantined"] == 0
     assert tree(spool) == before
-    assert not (spool.parent / "quarantine").exists()
+    # Nothing moved: the quarantine holds only the record of files found sound.
+    assert [p.name for p in (spool.parent / "quarantine").iterdir()] == [pq.VERIFIED_FILE]
     json.dumps(report)
+
+
+def test_second_scan_skips_record_walks_of_unchanged_files_only(spool):
+    first = scan(spool)
+    assert first["full"] and first["unchanged_since_last_scan"] == 0
+    second = scan(spool)
+    assert not second["full"] and second["unchanged_since_last_scan"] == 17
+    # Truncated after the last scan: its ctime and size changed, so it is walked again and caught.
+    victim = spool / VICTIM
+    victim.write_bytes(victim.read_bytes()[:-40])
+    third = scan(spool, dry_run=True)
+    assert third["unchanged_since_last_scan"] == 16
+    assert [s["reason"] for s in third["suspects"]] == ["truncated"]
+
+
+def test_same_size_rewrite_is_walked_again(spool):
+    scan(spool)
+    victim = spool / VICTIM
+    data = bytearray(victim.read_bytes())
+    data[-2] = ord("Z")  # the END record (E, length 0) becomes an unknown type, same size
+    victim.write_bytes(bytes(data))
+    report = scan(spool, dry_run=True)
+    assert [s["reason"] for s in report["suspects"]] == ["unknown-record"]
+
+
+def test_full_scan_and_unreadable_record_ignore_previous_results(spool):
+    scan(spool)
+    assert scan(spool, full=True)["unchanged_since_last_scan"] == 0
+    (spool.parent / "quarantine" / pq.VERIFIED_FILE).write_bytes(b"not marshal")
+    report = scan(spool)
+    assert report["full"] and report["clean"] and report["unchanged_since_last_scan"] == 0
+
+
+def test_dry_run_writes_no_record(spool):
+    scan(spool, dry_run=True)
+    assert not (spool.parent / "quarantine").exists()
 
 
 def test_suspects_are_quarantined_with_labels_never_deleted(spool):

@@ -193,10 +193,37 @@ def test_cache_reuses_unchanged_files(spool, monkeypatch):
     cache = pq.EnvelopeCache()
     first, _ = pq.walk_queue(str(spool), cache=cache)
     reads = []
-    real = pq.read_message
-    monkeypatch.setattr(pq, "read_message", lambda path, st=None: reads.append(path) or real(path, st))
+    real = pq._read_queue_file
+    monkeypatch.setattr(pq, "_read_queue_file", lambda path: reads.append(path) or real(path))
     victim = next(spool.glob("deferred/7/4jcN493RPvzD04F"))
-    os.utime(victim, (1, 1))
+    os.utime(victim, (1, 1))  # what qmgr does to a deferred file: sets its ctime
     second, _ = pq.walk_queue(str(spool), cache=cache)
     assert reads == [str(victim)]
     assert sorted(_key(m) for m in first) == sorted(_key(m) for m in second)
+
+
+def test_cache_rereads_a_message_whose_defer_log_changed(spool, monkeypatch):
+    cache = pq.EnvelopeCache()
+    pq.walk_queue(str(spool), cache=cache)
+    log = next(spool.glob("defer/7/4jcN493RPvzD04F"))
+    text = log.read_text().replace("reason=", "reason=changed ", 1)
+    log.write_text(text)
+    messages, _ = pq.walk_queue(str(spool), cache=cache)
+    msg = next(m for m in messages if m["queue_id"] == "4jcN493RPvzD04F")
+    assert any(r["reason"].startswith("changed ") for r in msg["reasons"].values())
+
+
+def test_cache_survives_save_and_load_and_forgets_gone_files(spool, tmp_path):
+    path = str(tmp_path / "cache" / "facts")
+    cache = pq.EnvelopeCache()
+    first, _ = pq.walk_queue(str(spool), cache=cache)
+    cache.save(path)
+    loaded = pq.EnvelopeCache.load(path)
+    assert len(loaded) == len(first) and not loaded.changed
+    next(spool.glob("deferred/7/4jcN493RPvzD04F")).unlink()
+    second, _ = pq.walk_queue(str(spool), cache=loaded)
+    assert len(second) == len(first) - 1 and len(loaded) == len(second) and loaded.changed
+    (tmp_path / "cache" / "facts").write_bytes(b"garbage")
+    assert len(pq.EnvelopeCache.load(path)) == 0
+
+

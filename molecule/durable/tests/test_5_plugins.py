@@ -38,6 +38,41 @@ def test_queue_facts_match_postqueue():
     assert not facts["errors"]
 
 
+def test_cached_facts_agree_with_a_fresh_read():
+    """The facts cache (default on) gives the same summary as reading every file."""
+    for _ in range(2):  # the first run fills the cache, the second reuses it
+        cached = _ok(run_module(OLD, "postfix_queue_facts", {}))["queue"]
+        fresh = _ok(run_module(OLD, "postfix_queue_facts", {"cache": "false"}))["queue"]
+        # Reasons are left out: a retry between the two reads may remove or rewrite a defer log.
+        for key in ("total", "top_domains"):
+            assert cached[key] == fresh[key], key
+    assert node(OLD).file("/var/cache/durable-mx").mode == 0o700
+
+
+BULK_VS_LSTAT = """
+import os, sys
+sys.path.insert(0, '/usr/local/lib/durable-mx')
+import postfix_queue as q
+def lstats():
+    out = {}
+    for root, dirs, files in os.walk('/var/spool/postfix'):
+        for name in dirs + files:
+            st = q.file_stat(os.lstat(os.path.join(root, name)))
+            out[st[0]] = st
+    return out
+before = lstats(); bulk = q.bulk_stat('/var/spool/postfix'); after = lstats()
+steady = [ino for ino in before if before[ino] == after.get(ino)]
+print(len(steady), sum(bulk.get(ino) != before[ino] for ino in steady))
+"""
+
+
+def test_xfs_bulk_stat_agrees_with_lstat():
+    """The one-ioctl stat of the queue volume reads the same mode, owner, size and ctime as lstat()."""
+    steady, mismatched = map(int, node(OLD).check_output("python3 -c %s", BULK_VS_LSTAT).split())
+    print(f"\nbulk stat vs lstat: {steady} steady inodes, {mismatched} mismatched")
+    assert steady > 50 and mismatched == 0
+
+
 def test_hold_and_release_by_domain_report_exactly_the_changed_ids():
     host = node(OLD)
     pending = set(_queue_ids(host))
