@@ -599,9 +599,17 @@ def _gc_paused() -> Iterator[None]:
 
 def _read_entries_serial(entries: Iterable[Tuple[str, str, str]], defer_logs: Dict[str, str]
                          ) -> Tuple[List[Dict[str, Any]], List[Dict[str, str]]]:
-    """walk_queue()'s messages and errors for the given entries, in this process."""
+    """walk_queue()'s messages and errors for the given entries, in this process.
+
+    Equal strings and defer-log entries are shared between messages (a big
+    queue repeats a few senders, recipients and reasons): less memory, and
+    marshal writes a repeat as a back-reference, so a saved cache loads fast.
+    Treat the messages as read-only.
+    """
     messages: List[Dict[str, Any]] = []
     errors: List[Dict[str, str]] = []
+    shared: Dict[Any, Any] = {}
+    one = shared.setdefault
     for queue, queue_id, path in entries:
         try:
             env = _read_queue_file(path)
@@ -610,17 +618,21 @@ def _read_entries_serial(entries: Iterable[Tuple[str, str, str]], defer_logs: Di
         except (OSError, QueueFileError, ValueError, IndexError) as exc:
             errors.append({"path": path, "error": str(exc)})
             continue
+        sender = env["sender"]
         msg = {
             "queue_name": queue, "queue_id": queue_id,
             "arrival_time": env["arrival_time"], "message_size": env["message_size"],
-            "sender": env["sender"], "recipients": env["recipients"],
+            "sender": one(sender, sender) if sender is not None else None,
+            "recipients": [one(r, r) for r in env["recipients"]],
         }
         log = defer_logs.get(queue_id)
         if log:
             try:
-                msg["reasons"] = parse_defer_log(_read_small(log))
+                reasons = parse_defer_log(_read_small(log))
             except FileNotFoundError:
-                pass
+                reasons = None
+            if reasons is not None:
+                msg["reasons"] = {one(r, r): one(tuple(sorted(info.items())), info) for r, info in reasons.items()}
         messages.append(msg)
     return messages, errors
 
@@ -693,50 +705,53 @@ def _read_entries_forked(entries: List[Tuple[str, str, str]], defer_logs: Dict[s
     return messages, errors
 
 
-def _cached_walk(queue_dir: str, entries: List[Tuple[str, str, str]], inodes: Dict[str, int],
-                 defer_logs: Dict[str, str], cache: EnvelopeCache
+def _cached_walk(queue_dir: str, entries: List[Tuple[str, str, str]], entry_inodes: List[int],
+                 defer_logs: Dict[str, str], log_inodes: Dict[str, int], cache: EnvelopeCache
                  ) -> Tuple[List[Dict[str, Any]], List[Dict[str, str]]]:
     """walk_queue() reading only files changed since the cache saw them.
 
     One stat per file (or one XFS bulk stat for the whole volume) decides;
     the changed ones are read as without a cache, in two processes if many.
+    Messages come back unchanged ones first.
     """
     stats = bulk_stat(queue_dir)
-    keys: Dict[str, Any] = {}
+    lookup = stats.get if stats is not None else {}.get
 
-    def key_of(path: str) -> Optional[Tuple[int, int, int]]:
-        fst = stats.get(inodes[path]) if stats is not None else None
-        if fst is None:
+    def key_of(path: str, ino: int) -> Optional[Tuple[int, int, int]]:
+        fst = lookup(ino)
+        if fst is None:  # no bulk stat, or a file newer than it
             try:
                 fst = file_stat(os.lstat(path))
             except FileNotFoundError:
                 return None
-        return verified_key(fst)
+        return (fst[0], fst[5], fst[4])  # verified_key()
 
-    found: Dict[str, Dict[str, Any]] = {}
-    misses = []
-    for entry in entries:
-        path = entry[2]
-        qkey = key_of(path)
+    results: List[Dict[str, Any]] = []
+    misses: List[Tuple[str, str, str]] = []
+    miss_keys: List[Any] = []
+    get = cache.get
+    for entry, ino in zip(entries, entry_inodes):
+        qkey = key_of(entry[2], ino)
         if qkey is None:
             continue  # gone since the walk
         log = defer_logs.get(entry[1])
-        key = keys[path] = (qkey, key_of(log) if log else None)
-        msg = cache.get(path, key)
+        key = (qkey, key_of(log, log_inodes[entry[1]]) if log else None)
+        msg = get(entry[2], key)
         if msg is None:
             misses.append(entry)
+            miss_keys.append(key)
         else:
-            found[path] = msg
+            results.append(msg)
     read = _read_entries_forked if _worth_forking(misses) else _read_entries_serial
     messages, errors = read(misses, defer_logs)
     by_id = {(m["queue_name"], m["queue_id"]): m for m in messages}
-    for queue, queue_id, path in misses:
+    for (queue, queue_id, path), key in zip(misses, miss_keys):
         msg = by_id.get((queue, queue_id))
         if msg is not None:
-            cache.put(path, keys[path], msg)
-            found[path] = msg
+            cache.put(path, key, msg)
+            results.append(msg)
     cache.prune()
-    return [found[e[2]] for e in entries if e[2] in found], errors
+    return results, errors
 
 
 def walk_queue(queue_dir: str, queues: Iterable[str] = MESSAGE_QUEUES, with_reasons: bool = True,
@@ -753,19 +768,20 @@ def walk_queue(queue_dir: str, queues: Iterable[str] = MESSAGE_QUEUES, with_reas
     """
     with _gc_paused():
         defer_logs: Dict[str, str] = {}
-        inodes: Dict[str, int] = {}
+        log_inodes: Dict[str, int] = {}
         if with_reasons:
             for entry in _walk_files(os.path.join(queue_dir, "defer")):
                 defer_logs[entry.name] = entry.path
-                inodes[entry.path] = entry.inode()
+                log_inodes[entry.name] = entry.inode()
         entries = []
+        entry_inodes = []
         for queue in queues:
             for entry in _walk_files(os.path.join(queue_dir, queue)):
                 if is_queue_id(entry.name):  # temp files and strays: the integrity scan's business
                     entries.append((queue, entry.name, entry.path))
-                    inodes[entry.path] = entry.inode()
+                    entry_inodes.append(entry.inode())
         if cache is not None:
-            return _cached_walk(queue_dir, entries, inodes, defer_logs, cache)
+            return _cached_walk(queue_dir, entries, entry_inodes, defer_logs, log_inodes, cache)
         read = _read_entries_forked if _worth_forking(entries) else _read_entries_serial
         return read(entries, defer_logs)
 
@@ -1013,14 +1029,15 @@ def inspect_file(path: str, name: str, queue: str, fst: FileStat, expected_parts
     """(reason, detail) when a file in a message queue is suspect, else None.
 
     parts are the file's subdirectories below its queue, expected_parts the
-    ones its name hashes to (None: not checked).  The record walk is skipped
+    ones its name hashes to (() in an unhashed queue), or None when the name
+    is not a queue ID (then nothing else is checked).  The record walk is skipped
     when the file's verified_key() is in verified: its content passed that
     walk before and has not changed since.
     """
     _ino, mode, uid, gid, size, _ctime = fst
     if not stat.S_ISREG(mode):
         return "not-regular", "not a regular file (mode %o)" % mode
-    if not is_queue_id(name):
+    if expected_parts is None and not is_queue_id(name):
         if _TEMP_NAME_RE.match(name):
             return "temp-orphan", "temporary file left by an interrupted queue file creation"
         return "bad-name", "file name is not a queue ID"
@@ -1047,7 +1064,7 @@ def inspect_file(path: str, name: str, queue: str, fst: FileStat, expected_parts
             return "bad-record", str(exc)
         finally:
             os.close(fd)
-    if expected_parts is not None and parts != expected_parts:
+    if parts != expected_parts:
         return "misplaced", "belongs in %s" % "/".join((queue,) + expected_parts)
     return None
 
@@ -1232,7 +1249,10 @@ def integrity_scan(queue_dir: str, quarantine_dir: Optional[str] = None, dry_run
                     fst = stats.get(entry.inode()) if stats is not None else None
                     if fst is None:  # no bulk stat, or a file newer than it
                         fst = file_stat(entry.stat(follow_symlinks=False))
-                    expected = tuple(hash_dirs(name, hash_queue_depth)) if hashed and is_queue_id(name) else None
+                    if not is_queue_id(name):
+                        expected = None  # inspect_file says what it is
+                    else:
+                        expected = tuple(hash_dirs(name, hash_queue_depth)) if hashed else ()
                     verdict = inspect_file(entry.path, name, queue, fst, expected, parts, owner_uid,
                                            postdrop_gid, verified)
                 except FileNotFoundError:
@@ -1249,7 +1269,7 @@ def integrity_scan(queue_dir: str, quarantine_dir: Optional[str] = None, dry_run
                     _handle_suspect(report, entry.path, queue, name, fst, verdict, queue_dir, batch_dir,
                                     dry_run, quarantine_misplaced, now)
     report["clean"] = not report["suspects"] and not report["misplaced"] and not report["errors"]
-    if not dry_run:
+    if not dry_run and sound != verified:
         save_verified(verified_path, sound)
     return report
 
