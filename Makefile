@@ -14,14 +14,14 @@ export ANSIBLE_FORCE_COLOR ?= 0
 HOST_PACKAGES := podman runc netavark aardvark-dns debootstrap xfsprogs python3-venv git
 LAB_INVENTORY := inventories/lab/hosts.yml
 # Scenarios of `make test`; molecule/bench is the benchmark bed of `make bench`.
-SCENARIOS ?= default durable
+SCENARIOS ?= default durable monitoring
 
-.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit molecule clean-stale bench
+.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit rules molecule clean-stale bench
 
 help:
 	@echo "make lab        bring up the lab nodes and run site.yml against them"
 	@echo "make lab-down   remove the lab's containers, network, loop devices and disk files"
-	@echo "make test       yamllint, ansible-lint, unit tests, Molecule scenarios ($(SCENARIOS))"
+	@echo "make test       yamllint, ansible-lint, unit tests, promtool rule tests, Molecule scenarios ($(SCENARIOS))"
 	@echo "make bench      benchmarks (printed figures and ratios, results/ as JSON)"
 
 deps: host-packages $(VENV)/.installed
@@ -52,7 +52,7 @@ lab-summary:
 lab-down: deps
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/down.yml
 
-test: deps lint unit molecule
+test: deps lint rules unit molecule
 
 lint:
 	yamllint --strict .
@@ -60,6 +60,10 @@ lint:
 
 unit:
 	pytest -q tests/unit
+
+# Alerting and SLO rules: promtool check + unit tests with input series (promtool from Debian's package).
+rules:
+	bash tests/promtool/run.sh
 
 molecule: clean-stale
 	@for s in $(SCENARIOS); do echo "=== molecule scenario $$s"; molecule test -s $$s || exit 1; done
@@ -70,7 +74,7 @@ clean-stale:
 
 # Benchmarks: printed ratios against baselines measured in the same run, never asserted.
 # One bench bed (molecule/bench) serves every script in BENCH; results/ keeps the JSON.
-BENCH ?= acceptance queue_read
+BENCH ?= acceptance queue_read exporter
 
 bench: deps clean-stale
 	@mkdir -p results

@@ -51,7 +51,7 @@ options:
     description:
       - Walk the records of every file. By default a file whose inode, ctime and size are
         those it had when an earlier scan found it sound is checked by name, place and
-        stat only (its content cannot have changed: any write sets ctime).
+        stat only (its content cannot have changed, as any write sets ctime).
     type: bool
     default: false
 author:
