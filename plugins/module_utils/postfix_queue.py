@@ -724,7 +724,7 @@ def _cached_walk(queue_dir: str, entries: List[Tuple[str, str, str]], entry_inod
                 fst = file_stat(os.lstat(path))
             except FileNotFoundError:
                 return None
-        return (fst[0], fst[5], fst[4])  # verified_key()
+        return (fst[0], fst[5], fst[4])  # inode, ctime, size: see verified_key()
 
     results: List[Dict[str, Any]] = []
     misses: List[Tuple[str, str, str]] = []
@@ -1024,15 +1024,13 @@ def _walk_dirs(top: str, parts: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[st
 
 
 def inspect_file(path: str, name: str, queue: str, fst: FileStat, expected_parts: Optional[Tuple[str, ...]],
-                 parts: Tuple[str, ...], owner_uid: Optional[int], postdrop_gid: Optional[int],
-                 verified: Optional[set] = None) -> Optional[Tuple[str, str]]:
+                 parts: Tuple[str, ...], owner_uid: Optional[int], postdrop_gid: Optional[int]
+                 ) -> Optional[Tuple[str, str]]:
     """(reason, detail) when a file in a message queue is suspect, else None.
 
     parts are the file's subdirectories below its queue, expected_parts the
     ones its name hashes to (() in an unhashed queue), or None when the name
-    is not a queue ID (then nothing else is checked).  The record walk is skipped
-    when the file's verified_key() is in verified: its content passed that
-    walk before and has not changed since.
+    is not a queue ID (then nothing else is checked).
     """
     _ino, mode, uid, gid, size, _ctime = fst
     if not stat.S_ISREG(mode):
@@ -1054,51 +1052,83 @@ def inspect_file(path: str, name: str, queue: str, fst: FileStat, expected_parts
             return "bad-owner", "group %d, expected setgid_group gid %d" % (gid, postdrop_gid)
     elif owner_uid is not None and uid != owner_uid:
         return "bad-owner", "owner %d, expected mail_owner uid %d" % (uid, owner_uid)
-    if verified is None or verified_key(fst) not in verified:
-        fd = os.open(path, _READ_FLAGS)
-        try:
-            check_structure(fd, size)
-        except QueueFileError as exc:
-            return exc.kind, exc.detail
-        except (ValueError, IndexError) as exc:
-            return "bad-record", str(exc)
-        finally:
-            os.close(fd)
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        check_structure(fd, size)
+    except QueueFileError as exc:
+        return exc.kind, exc.detail
+    except (ValueError, IndexError) as exc:
+        return "bad-record", str(exc)
+    finally:
+        os.close(fd)
     if parts != expected_parts:
         return "misplaced", "belongs in %s" % "/".join((queue,) + expected_parts)
     return None
 
 
 VERIFIED_FILE = ".verified-files"  # in the quarantine directory, so it travels with the volume
-_VERIFIED_FORMAT = 2
+_VERIFIED_FORMAT = 3
+
+# struct xfs_bulkstat again, only the fields of a verified_key(): ino@0 size@8 ctime@48 ctime_nsec@88.
+_BULK_KEY = struct.Struct("=QQ32xq32xI100x")
 
 
-def verified_key(fst: FileStat) -> Tuple[int, int, int]:
-    """What identifies a file's content without reading it: inode, ctime, size.
+def verified_key(fst: FileStat) -> Tuple[int, int, int, int]:
+    """What identifies a file, its place and its content without reading it.
 
-    Any write, truncation, rename or utime() sets ctime, and nothing in user
-    space can set it back, so an unchanged key means unchanged content.  Keys
-    are compared for equality only: a clock that jumps does not fool them.
+    (inode, size, ctime seconds, ctime nanoseconds).  Any write, truncation,
+    rename, chmod, chown or utime() sets ctime, and nothing in user space can
+    set it back: an unchanged key means unchanged content, name, place, mode
+    and owner.  Keys are compared for equality only, so a clock that jumps
+    does not fool them.  The layout is the bulk stat's, built there in C.
     """
-    return (fst[0], fst[5], fst[4])
+    return (fst[0], fst[4], fst[5] // 1000000000, fst[5] % 1000000000)
 
 
-def load_verified(path: str) -> set:
-    """Keys of the files the last scan walked and found sound (empty when unknown)."""
+def bulk_keys(mountpoint: str) -> Optional[set]:
+    """verified_key() of every inode of the XFS volume at mountpoint (see bulk_stat), or None."""
+    if not os.path.ismount(mountpoint):
+        return None
+    keys: set = set()
+    buf = bytearray(_BULK_IREQ.size + _BULKSTAT.size * _BULK_BATCH)
+    cursor = 0
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while True:
+            _BULK_IREQ.pack_into(buf, 0, cursor, 0, _BULK_BATCH, 0, 0)
+            try:
+                fcntl.ioctl(fd, XFS_IOC_BULKSTAT, buf, True)
+            except OSError:
+                return None
+            cursor, _flags, _icount, ocount, _agno = _BULK_IREQ.unpack_from(buf, 0)
+            if not ocount:
+                break
+            records = memoryview(buf)[_BULK_IREQ.size:_BULK_IREQ.size + _BULK_KEY.size * ocount]
+            keys.update(_BULK_KEY.iter_unpack(records))  # key tuples made and hashed in C
+    finally:
+        os.close(fd)
+    # A misread layout must never pass for data: the mountpoint's own inode has to agree with lstat().
+    if verified_key(file_stat(os.lstat(mountpoint))) not in keys:
+        return None
+    return keys
+
+
+def load_verified(path: str, settings: Any) -> set:
+    """Keys of the files the last scan found sound with the same settings (empty when unknown)."""
     try:
         with open(path, "rb") as fh:
-            version, flat = marshal.load(fh)
-        if version != _VERIFIED_FORMAT:
+            version, saved_settings, flat = marshal.loads(fh.read())
+        if version != _VERIFIED_FORMAT or saved_settings != settings:
             return set()
         numbers = array.array("q")
         numbers.frombytes(flat)
     except (OSError, EOFError, ValueError, TypeError):
         return set()
     it = iter(numbers)
-    return set(zip(it, it, it))
+    return set(zip(it, it, it, it))
 
 
-def save_verified(path: str, keys: set) -> None:
+def save_verified(path: str, settings: Any, keys: set) -> None:
     """Replace the verified-files record atomically (write, fsync, rename).
 
     Flat signed 64-bit integers: marshal of 100,000 tuples of big ints took
@@ -1110,7 +1140,7 @@ def save_verified(path: str, keys: set) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = "%s.%d.tmp" % (path, os.getpid())
     with open(tmp, "wb", opener=lambda p, f: os.open(p, f, 0o600)) as fh:
-        marshal.dump((_VERIFIED_FORMAT, numbers.tobytes()), fh)
+        fh.write(marshal.dumps((_VERIFIED_FORMAT, settings, numbers.tobytes())))
         fh.flush()
         os.fsync(fh.fileno())
     os.rename(tmp, path)
@@ -1212,11 +1242,11 @@ def integrity_scan(queue_dir: str, quarantine_dir: Optional[str] = None, dry_run
     The corrupt queue is Postfix's own quarantine and is only counted.
     Nothing is ever deleted.  Returns a JSON-serialisable report.
 
-    Every file is checked by name, place and stat; the record walk, which
-    reads the whole file, is skipped for files whose content is unchanged
-    since a previous scan found it sound (VERIFIED_FILE in the quarantine
-    directory, see verified_key), unless full.  A scan that is not a dry run
-    rewrites that record with the files it found sound.
+    A file whose verified_key() is unchanged since a scan with the same
+    settings found it sound is not looked at again: no write, rename, chmod
+    or chown can have happened to it.  The keys are kept in VERIFIED_FILE in
+    the quarantine directory; full ignores them.  A scan that is not a dry
+    run rewrites that record with the files it found sound.
     """
     now = time.time() if now is None else now
     queue_dir = os.path.abspath(queue_dir)
@@ -1228,14 +1258,21 @@ def integrity_scan(queue_dir: str, quarantine_dir: Optional[str] = None, dry_run
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     batch_dir = os.path.join(quarantine_dir, stamp)
     verified_path = os.path.join(quarantine_dir, VERIFIED_FILE)
-    verified = set() if full else load_verified(verified_path)
-    sound: set = set()
+    # What the checks depend on besides the file: another setting makes every earlier verdict void.
+    settings = (sorted(hash_names), hash_queue_depth, owner_uid, postdrop_gid)
+    verified = set() if full else load_verified(verified_path, settings)
     report: Dict[str, Any] = {
         "queue_directory": queue_dir, "quarantine_directory": batch_dir, "dry_run": dry_run,
         "scanned": 0, "suspects": [], "misplaced": [], "quarantined": 0, "errors": [],
         "corrupt_queue_files": 0, "full": full or not verified, "unchanged_since_last_scan": 0,
     }
-    stats = bulk_stat(queue_dir)
+    # Inodes whose key is unchanged since a scan found them sound need no check at all. On the
+    # queue volume one bulk stat and a set intersection (both in C) find them; elsewhere each
+    # file's lstat() key is looked up.
+    current = bulk_keys(queue_dir) if verified else None
+    unchanged_keys = current & verified if current is not None else set()
+    unchanged = {key[0] for key in unchanged_keys}
+    sound: set = set()
     for queue in MESSAGE_QUEUES:
         hashed = queue in hash_names
         for parts, entries in _walk_dirs(os.path.join(queue_dir, queue)):
@@ -1244,33 +1281,35 @@ def integrity_scan(queue_dir: str, quarantine_dir: Optional[str] = None, dry_run
                 continue
             report["scanned"] += len(entries)
             for entry in entries:
+                if entry.inode() in unchanged:
+                    continue
                 name = entry.name
                 try:
-                    fst = stats.get(entry.inode()) if stats is not None else None
-                    if fst is None:  # no bulk stat, or a file newer than it
-                        fst = file_stat(entry.stat(follow_symlinks=False))
+                    fst = file_stat(entry.stat(follow_symlinks=False))
+                    key = verified_key(fst)
+                    if key in verified:
+                        unchanged_keys.add(key)
+                        continue
                     if not is_queue_id(name):
                         expected = None  # inspect_file says what it is
                     else:
                         expected = tuple(hash_dirs(name, hash_queue_depth)) if hashed else ()
-                    verdict = inspect_file(entry.path, name, queue, fst, expected, parts, owner_uid,
-                                           postdrop_gid, verified)
+                    verdict = inspect_file(entry.path, name, queue, fst, expected, parts, owner_uid, postdrop_gid)
                 except FileNotFoundError:
                     continue  # delivered or moved while we looked: not ours to judge
                 except (OSError, KeyError) as exc:
                     report["errors"].append({"path": entry.path, "error": str(exc)})
                     continue
-                key = verified_key(fst)
-                if key in verified:
-                    report["unchanged_since_last_scan"] += 1
-                if verdict is None or verdict[0] == "misplaced":
+                if verdict is None:
                     sound.add(key)
-                if verdict is not None:
+                else:
                     _handle_suspect(report, entry.path, queue, name, fst, verdict, queue_dir, batch_dir,
                                     dry_run, quarantine_misplaced, now)
+    report["unchanged_since_last_scan"] = len(unchanged_keys)
+    sound |= unchanged_keys
     report["clean"] = not report["suspects"] and not report["misplaced"] and not report["errors"]
     if not dry_run and sound != verified:
-        save_verified(verified_path, sound)
+        save_verified(verified_path, settings, sound)
     return report
 
 

@@ -185,3 +185,25 @@ def test_command_quarantines_and_exits_zero(spool, tmp_path):
 def test_command_fails_on_internal_error(spool, tmp_path):
     proc = _run_script(spool, tmp_path, "--queue-dir", str(tmp_path / "missing"))
     assert proc.returncode == 1 and "error" in json.loads(proc.stdout)
+
+
+def test_chmod_after_a_clean_scan_is_caught(spool):
+    scan(spool)
+    (spool / VICTIM).chmod(0o707)  # sets ctime: the file is checked again
+    report = scan(spool, dry_run=True)
+    assert [s["reason"] for s in report["suspects"]] == ["bad-mode"]
+
+
+def test_other_settings_void_earlier_verdicts(spool):
+    scan(spool)
+    assert scan(spool)["unchanged_since_last_scan"] == 17
+    report = scan(spool, owner_uid=os.getuid() + 1, dry_run=True)
+    assert report["full"] and report["unchanged_since_last_scan"] == 0
+    assert {s["reason"] for s in report["suspects"]} == {"bad-owner"}
+
+
+def test_misplaced_files_are_reported_on_every_run(spool):
+    scan(spool)
+    for _ in range(2):
+        report = scan(spool, hash_queue_depth=2)
+        assert report["misplaced"] and not report["suspects"]
