@@ -49,9 +49,9 @@ options:
     default: true
   full:
     description:
-      - Walk the records of every file. By default a file whose inode, ctime and size are
-        those it had when an earlier scan found it sound is checked by name, place and
-        stat only (its content cannot have changed, as any write sets ctime).
+      - Check every file. By default a file whose inode, size and ctime are those it had
+        when an earlier scan with the same settings found it sound is not checked again (a
+        write, rename, chmod or chown would have changed its ctime).
     type: bool
     default: false
 author:
@@ -88,10 +88,10 @@ report:
       description: Files examined.
       type: int
     full:
-      description: True when every file's records were walked (asked for, or no earlier scan known).
+      description: True when every file was checked (asked for, or no usable earlier scan).
       type: bool
     unchanged_since_last_scan:
-      description: Files whose record walk was skipped because their content is unchanged since a scan found them sound.
+      description: Files not checked again because they are unchanged since a scan found them sound.
       type: int
     suspects:
       description:
