@@ -133,10 +133,13 @@ def test_prometheus_scrapes_the_exporter_with_the_rules_loaded(queued):
     groups = prometheus("/api/v1/rules")["groups"]
     names = {rule["name"] for group in groups for rule in group["rules"]}
     assert {"MailDeferralRatioHigh", "PostfixInstanceDown", "DeliverySLOFastBurn"} <= names
-    wait_for(lambda: prometheus('/api/v1/query?query=durablemx_queue_messages%7Bqueue%3D%22hold%22%7D')["result"],
-             90, "hold count in Prometheus", 3)
-    result = prometheus('/api/v1/query?query=durablemx_queue_messages%7Bqueue%3D%22hold%22%7D')["result"]
-    assert float(result[0]["value"][1]) == queued["hold"]
+    # A sample scraped before the messages were held may still be the newest one: wait for a
+    # scrape that carries the held count, and fail if none does within the window.
+    def held_in_prometheus():
+        result = prometheus('/api/v1/query?query=durablemx_queue_messages%7Bqueue%3D%22hold%22%7D')["result"]
+        return [float(r["value"][1]) for r in result]
+
+    wait_for(lambda: held_in_prometheus() == [queued["hold"]], 90, "the held count in Prometheus", 3)
 
 
 def test_unreachable_destination_makes_the_deferral_alert_active(queued):
