@@ -119,6 +119,9 @@ def test_every_query_parses(dashboard: dict, tmp_path: Path) -> None:
     """promtool parses each query (as a recording rule, Grafana variables filled in)."""
     promtool = _promtool()
     if not promtool:
+        # `make test` fetches promtool (target rules) before the unit tests: there, this never skips.
+        if os.environ.get("CI"):
+            pytest.fail("no promtool in CI: tests/promtool/run.sh should have fetched it")
         pytest.skip("no promtool: run tests/promtool/run.sh once to fetch it")
     rules = []
     for i, (_, t) in enumerate(_targets(dashboard)):
