@@ -41,6 +41,7 @@ from __future__ import annotations
 import array
 import bisect
 import contextlib
+import ctypes
 import fcntl
 import functools
 import gc
@@ -329,10 +330,11 @@ def postsuper_safe_id(name: str) -> bool:
 # Configuration
 
 
-def postconf(config_dir: Optional[str], names: Iterable[str], runner: Callable[..., Any] = subprocess.run) -> Dict[str, str]:
-    """Values of main.cf parameters for one instance, via `postconf -h`."""
+def postconf(config_dir: Optional[str], names: Iterable[str], runner: Callable[..., Any] = subprocess.run,
+             expand: bool = False) -> Dict[str, str]:
+    """Values of main.cf parameters for one instance, via `postconf -h` (`-xh`: $names expanded)."""
     names = list(names)
-    cmd = ["postconf"] + (["-c", config_dir] if config_dir else []) + ["-h"] + names
+    cmd = ["postconf"] + (["-c", config_dir] if config_dir else []) + ["-xh" if expand else "-h"] + names
     proc = runner(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError("%s failed: %s" % (" ".join(cmd), proc.stderr.strip()))
@@ -356,6 +358,19 @@ def instance_settings(config_dir: Optional[str], runner: Callable[..., Any] = su
         "mail_owner": vals["mail_owner"],
         "setgid_group": vals["setgid_group"],
     }
+
+
+def list_instances(runner: Callable[..., Any] = subprocess.run) -> List[Dict[str, str]]:
+    """Every Postfix instance of the node: the primary, then those its multi_instance_directories lists.
+
+    name is the instance's syslog_name (`postfix`, `postfix-bulk`), the label the exporter gives
+    it; group its multi_instance_group (empty for the primary).
+    """
+    keys = ["syslog_name", "config_directory", "queue_directory", "multi_instance_group"]
+    primary = postconf(None, keys + ["multi_instance_directories"], runner, expand=True)
+    found = [primary] + [postconf(d, keys, runner, expand=True) for d in split_list(primary["multi_instance_directories"])]
+    return [{"name": v["syslog_name"], "config_dir": v["config_directory"], "queue_directory": v["queue_directory"],
+             "group": v["multi_instance_group"]} for v in found]
 
 
 # --------------------------------------------------------------------------
@@ -972,6 +987,30 @@ _BULKSTAT_VERSION = 5
 _BULK_BATCH = 4096
 
 
+def _bulkstat_batches(mountpoint: str) -> Iterator[memoryview]:
+    """Raw struct xfs_bulkstat records of every inode of the filesystem, one batch per ioctl.
+
+    Raises OSError when the ioctl is refused (not XFS, no CAP_SYS_ADMIN).  Each
+    batch lives in one reused buffer: consume it before asking for the next.
+    """
+    buf = bytearray(_BULK_IREQ.size + _BULKSTAT.size * _BULK_BATCH)
+    cursor = 0
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # Bulk stat reads the on-disk inode, whose size lags behind data not yet written back
+        # (0 for a file just copied in): flush this filesystem first so sizes agree with lstat().
+        ctypes.CDLL(None, use_errno=True).syncfs(fd)
+        while True:
+            _BULK_IREQ.pack_into(buf, 0, cursor, 0, _BULK_BATCH, 0, 0)
+            fcntl.ioctl(fd, XFS_IOC_BULKSTAT, buf, True)
+            cursor, _flags, _icount, ocount, _agno = _BULK_IREQ.unpack_from(buf, 0)
+            if not ocount:
+                return
+            yield memoryview(buf)[_BULK_IREQ.size:_BULK_IREQ.size + _BULKSTAT.size * ocount]
+    finally:
+        os.close(fd)
+
+
 def bulk_stat(mountpoint: str) -> Optional[Dict[int, FileStat]]:
     """FileStat of every inode on the XFS filesystem mounted at mountpoint.
 
@@ -982,26 +1021,14 @@ def bulk_stat(mountpoint: str) -> Optional[Dict[int, FileStat]]:
     if not os.path.ismount(mountpoint):
         return None
     stats: Dict[int, FileStat] = {}
-    buf = bytearray(_BULK_IREQ.size + _BULKSTAT.size * _BULK_BATCH)
-    cursor = 0
-    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        while True:
-            _BULK_IREQ.pack_into(buf, 0, cursor, 0, _BULK_BATCH, 0, 0)
-            try:
-                fcntl.ioctl(fd, XFS_IOC_BULKSTAT, buf, True)
-            except OSError:
-                return None
-            cursor, _flags, _icount, ocount, _agno = _BULK_IREQ.unpack_from(buf, 0)
-            if not ocount:
-                break
-            records = memoryview(buf)[_BULK_IREQ.size:_BULK_IREQ.size + _BULKSTAT.size * ocount]
+        for records in _bulkstat_batches(mountpoint):
             for ino, size, ctime, uid, gid, nsec, version, mode in _BULKSTAT.iter_unpack(records):
                 if version != _BULKSTAT_VERSION:
                     return None
                 stats[ino] = (ino, mode, uid, gid, size, ctime * 1000000000 + nsec)
-    finally:
-        os.close(fd)
+    except OSError:
+        return None
     # A misread layout must never pass for data: the mountpoint's own inode has to agree with lstat().
     if stats.get(os.lstat(mountpoint).st_ino) != file_stat(os.lstat(mountpoint)):
         return None
@@ -1070,7 +1097,7 @@ VERIFIED_FILE = ".verified-files"  # in the quarantine directory, so it travels 
 _VERIFIED_FORMAT = 3
 
 # struct xfs_bulkstat again, only the fields of a verified_key(): ino@0 size@8 ctime@48 ctime_nsec@88.
-_BULK_KEY = struct.Struct("=QQ32xq32xI100x")
+_BULK_KEY = struct.Struct("=QQ32xq32xI100x")  # 192 bytes, as _BULKSTAT
 
 
 def verified_key(fst: FileStat) -> Tuple[int, int, int, int]:
@@ -1090,23 +1117,11 @@ def bulk_keys(mountpoint: str) -> Optional[set]:
     if not os.path.ismount(mountpoint):
         return None
     keys: set = set()
-    buf = bytearray(_BULK_IREQ.size + _BULKSTAT.size * _BULK_BATCH)
-    cursor = 0
-    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        while True:
-            _BULK_IREQ.pack_into(buf, 0, cursor, 0, _BULK_BATCH, 0, 0)
-            try:
-                fcntl.ioctl(fd, XFS_IOC_BULKSTAT, buf, True)
-            except OSError:
-                return None
-            cursor, _flags, _icount, ocount, _agno = _BULK_IREQ.unpack_from(buf, 0)
-            if not ocount:
-                break
-            records = memoryview(buf)[_BULK_IREQ.size:_BULK_IREQ.size + _BULK_KEY.size * ocount]
+        for records in _bulkstat_batches(mountpoint):
             keys.update(_BULK_KEY.iter_unpack(records))  # key tuples made and hashed in C
-    finally:
-        os.close(fd)
+    except OSError:
+        return None
     # A misread layout must never pass for data: the mountpoint's own inode has to agree with lstat().
     if verified_key(file_stat(os.lstat(mountpoint))) not in keys:
         return None

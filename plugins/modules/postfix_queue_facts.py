@@ -56,6 +56,14 @@ options:
     description: Directory of the cache files, one per queue directory (root only, mode 0700).
     type: path
     default: /var/cache/durable-mx
+  all_instances:
+    description:
+      - Read every Postfix instance of the node instead of one, the primary and each instance
+        its C(multi_instance_directories) lists (postmulti), and return them under C(instances),
+        each labelled with its C(syslog_name) as C(instance). O(config_dir) and
+        O(queue_directory) are then not used. With C(source=files) only.
+    type: bool
+    default: false
 author:
   - durable-mx contributors
 """
@@ -75,14 +83,26 @@ EXAMPLES = r"""
     config_dir: /etc/postfix-out
     top_n: 5
   register: out_queue
+
+- name: Read every instance of the node (postmulti), labelled by instance
+  postfix_queue_facts:
+    all_instances: true
+  register: node_queues
+
+- name: Fail when a bulk tenant holds more than 10,000 messages
+  ansible.builtin.assert:
+    that: (node_queues.instances | selectattr('instance', 'eq', 'postfix-bulk') | first).total.count < 10000
 """
 
 RETURN = r"""
 queue:
   description: Summary of the instance's queues.
-  returned: always
+  returned: when O(all_instances) is false
   type: dict
   contains:
+    instance:
+      description: The instance's C(syslog_name) (C(postfix), C(postfix-bulk)); null when O(queue_directory) was given.
+      type: str
     config_dir:
       description: Configuration directory used.
       type: str
@@ -136,6 +156,13 @@ queue:
       description: Queue files that could not be read, with the error.
       type: list
       elements: dict
+instances:
+  description:
+    - With O(all_instances), one summary per instance of the node, as C(queue) above, plus
+      C(group), its C(multi_instance_group) (empty for the primary).
+  returned: when O(all_instances) is true
+  type: list
+  elements: dict
 """
 
 import os
@@ -143,8 +170,43 @@ import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.postfix_queue import (EnvelopeCache, instance_settings, parse_postqueue_json,
-                                                summarize, walk_queue)
+from ansible.module_utils.postfix_queue import (EnvelopeCache, instance_settings, list_instances,
+                                                parse_postqueue_json, postconf, summarize, walk_queue)
+
+
+def read_files(module: AnsibleModule, queue_dir: str):
+    """Walk one queue directory, through the cache file of that directory when enabled."""
+    params = module.params
+    if not params["cache"]:
+        return walk_queue(queue_dir)
+    name = "queue-facts%s.cache" % os.path.abspath(queue_dir).replace("/", "_")
+    cache_file = os.path.join(params["cache_dir"], name)
+    cache = EnvelopeCache.load(cache_file)
+    messages, errors = walk_queue(queue_dir, cache=cache)
+    if cache.changed and not module.check_mode:
+        try:
+            cache.save(cache_file)
+        except OSError as exc:
+            module.warn("could not save the queue cache %s: %s" % (cache_file, exc))
+    return messages, errors
+
+
+def all_instances(module: AnsibleModule, now: int) -> None:
+    params = module.params
+    if params["source"] != "files":
+        module.fail_json(msg="all_instances works with source=files, not source=%s" % params["source"])
+    try:
+        instances = list_instances(subprocess.run)
+    except (OSError, RuntimeError, ValueError) as exc:
+        module.fail_json(msg="cannot list the Postfix instances of this node: %s" % exc)
+    summaries = []
+    for inst in instances:
+        messages, errors = read_files(module, inst["queue_directory"])
+        summary = summarize(messages, now, params["top_n"])
+        summary.update(instance=inst["name"], group=inst["group"], config_dir=inst["config_dir"],
+                       queue_directory=inst["queue_directory"], source="files", generated_at=now, errors=errors)
+        summaries.append(summary)
+    module.exit_json(changed=False, instances=summaries)
 
 
 def run_module() -> None:
@@ -156,6 +218,7 @@ def run_module() -> None:
             top_n=dict(type="int", default=10),
             cache=dict(type="bool", default=True),
             cache_dir=dict(type="path", default="/var/cache/durable-mx"),
+            all_instances=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -163,7 +226,10 @@ def run_module() -> None:
     if params["top_n"] < 1:
         module.fail_json(msg="top_n=%d: it must be at least 1" % params["top_n"])
     now = int(time.time())
+    if params["all_instances"]:
+        all_instances(module, now)
     errors = []
+    instance = None
     if params["source"] == "postqueue":
         cmd = ["postqueue", "-c", params["config_dir"], "-j"]
         rc, out, err = module.run_command(cmd)
@@ -178,21 +244,15 @@ def run_module() -> None:
                 queue_dir = instance_settings(params["config_dir"], subprocess.run)["queue_directory"]
             except (OSError, RuntimeError, ValueError) as exc:
                 module.fail_json(msg="cannot read the settings of config_dir=%s: %s" % (params["config_dir"], exc))
-        if params["cache"]:
-            name = "queue-facts%s.cache" % os.path.abspath(queue_dir).replace("/", "_")
-            cache_file = os.path.join(params["cache_dir"], name)
-            cache = EnvelopeCache.load(cache_file)
-            messages, errors = walk_queue(queue_dir, cache=cache)
-            if cache.changed and not module.check_mode:
-                try:
-                    cache.save(cache_file)
-                except OSError as exc:
-                    module.warn("could not save the queue cache %s: %s" % (cache_file, exc))
-        else:
-            messages, errors = walk_queue(queue_dir)
+        messages, errors = read_files(module, queue_dir)
+    if not params["queue_directory"]:
+        try:
+            instance = postconf(params["config_dir"], ["syslog_name"], subprocess.run, expand=True)["syslog_name"]
+        except (OSError, RuntimeError, ValueError) as exc:
+            module.fail_json(msg="cannot read the syslog_name of config_dir=%s: %s" % (params["config_dir"], exc))
     summary = summarize(messages, now, params["top_n"])
-    summary.update(config_dir=params["config_dir"], queue_directory=queue_dir, source=params["source"],
-                   generated_at=now, errors=errors)
+    summary.update(instance=instance, config_dir=params["config_dir"], queue_directory=queue_dir,
+                   source=params["source"], generated_at=now, errors=errors)
     module.exit_json(changed=False, queue=summary)
 
 

@@ -10,7 +10,11 @@ Standard library only: the tests copy this file into lab nodes and run it there.
   check-dir     the same against a directory of received files (the `sink` below)
   sink          a minimal SMTP receiver that stores each message as a file and answers
                 "250 ... queued as ID"; with --no-fsync it acknowledges before the data is on
-                disk (a deliberately unsafe receiver, to show the checks can fail)
+                disk (a deliberately unsafe receiver, to show the checks can fail); --delay makes
+                it a slow destination, --log records each arrival (Message-ID, time)
+  latency       match the acknowledged messages of send runs with the arrivals a sink logged:
+                delivered / missing counts and the delivery latency (250 at the sender to
+                arrival at the sink) percentiles
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Iterator
 
 QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
+MESSAGE_ID = re.compile(rb"(?im)^Message-ID:[ \t]*(<[^>\r\n]*>)")
 BODY_LINE = 76  # characters of payload per body line
 
 
@@ -67,8 +73,8 @@ def build_message(tag: str, n: int, sender: str, rcpt: str, size: int) -> tuple[
 class Results:
     """Thread-safe JSON-lines writer; every line is flushed so a crash loses nothing seen."""
 
-    def __init__(self, path: Path) -> None:
-        self._fh = path.open("w")
+    def __init__(self, path: Path, append: bool = False) -> None:
+        self._fh = path.open("a" if append else "w")
         self._lock = threading.Lock()
 
     def write(self, record: dict) -> None:
@@ -80,13 +86,19 @@ class Results:
         self._fh.close()
 
 
-def send_worker(args: argparse.Namespace, numbers: Iterator[int], lock: threading.Lock, out: Results) -> None:
+def send_worker(args: argparse.Namespace, numbers: Iterator[int], lock: threading.Lock, out: Results,
+                started: float = 0.0) -> None:
     client: smtplib.SMTP | None = None
     while True:
         with lock:
             n = next(numbers, None)
         if n is None:
             break
+        if args.interval:
+            # A fixed schedule (message k at start + k x interval), whatever each one took.
+            wait = started + (n - args.start) * args.interval - time.time()
+            if wait > 0:
+                time.sleep(wait)
         message_id, digest, data = build_message(args.tag, n, args.sender, args.rcpt, args.size)
         record = {"n": n, "message_id": message_id, "sha256": digest, "code": None, "reply": "", "queue_id": None}
         try:
@@ -101,6 +113,7 @@ def send_worker(args: argparse.Namespace, numbers: Iterator[int], lock: threadin
             else:
                 client.rset()
             record["code"], record["reply"] = code, reply.decode(errors="replace")
+            record["acked_at"] = time.time()  # when the reply arrived (wall clock, as the sink logs)
             match = QUEUED_AS.search(record["reply"])
             if code == 250 and match:
                 record["queue_id"] = match.group(1)
@@ -147,7 +160,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     lock = threading.Lock()
     started = time.monotonic()
     threads = [
-        threading.Thread(target=send_worker, args=(args, numbers, lock, out), daemon=True)
+        threading.Thread(target=send_worker, args=(args, numbers, lock, out, time.time()), daemon=True)
         for _ in range(args.parallel)
     ]
     for thread in threads:
@@ -210,6 +223,49 @@ def cmd_check_postfix(args: argparse.Namespace) -> int:
     return 0
 
 
+def percentile(values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile (the smallest value with at least pct % of values at or below it)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100.0 * len(ordered)) - 1)]
+
+
+def latency(records: list[dict], arrivals: list[dict]) -> dict:
+    """Acknowledged messages matched by Message-ID with the sink's arrivals (first arrival counts)."""
+    arrived: dict[str, float] = {}
+    for entry in arrivals:
+        if entry.get("message_id") and entry["message_id"] not in arrived:
+            arrived[entry["message_id"]] = entry["arrived"]
+    ok = [r for r in records if r["code"] == 250]
+    seconds = [arrived[r["message_id"]] - r["acked_at"] for r in ok if r["message_id"] in arrived]
+    missing = [r["message_id"] for r in ok if r["message_id"] not in arrived]
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000.0, 1)
+
+    summary = summarize_send(records)
+    summary.update({
+        "acked": len(ok),
+        "delivered": len(seconds),
+        "missing": len(missing),
+        "missing_ids": missing[:20],
+        "p50_ms": ms(percentile(seconds, 50)),
+        "p90_ms": ms(percentile(seconds, 90)),
+        "p99_ms": ms(percentile(seconds, 99)),
+        "max_ms": ms(max(seconds) if seconds else None),
+        "mean_ms": ms(sum(seconds) / len(seconds) if seconds else None),
+    })
+    return summary
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    records = [r for path in args.acks for r in load(path)]
+    arrivals = [a for path in args.arrivals for a in load(path)]
+    print(json.dumps(latency(records, arrivals)))
+    return 0
+
+
 def cmd_check_dir(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     summary = verify(load(args.acks), lambda qid: file_body(directory / f"{qid}.eml"))
@@ -240,7 +296,10 @@ class SinkHandler(socketserver.StreamRequestHandler):
                 self.reply("250 2.0.0 Ok")
             elif verb == "DATA":
                 self.reply("354 End data with <CR><LF>.<CR><LF>")
-                self.reply(f"250 2.0.0 Ok: queued as {self.store(self.read_data())}")
+                queue_id = self.store(self.read_data())
+                if self.server.delay:
+                    time.sleep(self.server.delay)  # a slow destination: stored, but late to say so
+                self.reply(f"250 2.0.0 Ok: queued as {queue_id}")
             elif verb == "QUIT":
                 self.reply("221 2.0.0 Bye")
                 return
@@ -257,6 +316,7 @@ class SinkHandler(socketserver.StreamRequestHandler):
         return b"".join(chunks)
 
     def store(self, data: bytes) -> str:
+        arrived = time.time()
         queue_id = secrets.token_hex(8)
         final = self.server.directory / f"{queue_id}.eml"
         temp = final.with_suffix(".tmp")
@@ -272,24 +332,34 @@ class SinkHandler(socketserver.StreamRequestHandler):
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+        if self.server.log is not None:
+            match = MESSAGE_ID.search(data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0])
+            self.server.log.write({"id": queue_id, "arrived": arrived, "size": len(data),
+                                   "message_id": match.group(1).decode(errors="replace") if match else None})
         return queue_id
 
 
 class SinkServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
+    request_queue_size = 128  # a Postfix client opens up to its destination concurrency at once
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], directory: Path, fsync: bool) -> None:
+    def __init__(self, address: tuple[str, int], directory: Path, fsync: bool, delay: float = 0.0,
+                 log: Results | None = None) -> None:
         super().__init__(address, SinkHandler)
         self.directory = directory
         self.fsync = fsync
+        self.delay = delay
+        self.log = log  # one JSON line per arrival: id, arrived (time.time() when DATA ended), size, message_id
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
-    with SinkServer((host or "0.0.0.0", int(port)), directory, fsync=not args.no_fsync) as server:
+    log = Results(Path(args.log), append=True) if args.log else None
+    with SinkServer((host or "0.0.0.0", int(port)), directory, fsync=not args.no_fsync, delay=args.delay,
+                    log=log) as server:
         server.serve_forever()
     return 0
 
@@ -310,6 +380,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--helo", default="mailcount.test")
     s.add_argument("--tag", default="mc", help="Message-ID prefix, to tell runs apart")
     s.add_argument("--delay", type=float, default=0.0, help="pause after each message (s)")
+    s.add_argument("--interval", type=float, default=0.0,
+                   help="send message k at start + k x interval (s), a fixed rate whatever each one takes")
     s.add_argument("--timeout", type=float, default=30.0)
     s.add_argument("--reconnect-delay", type=float, default=0.2)
     s.add_argument("--out", required=True, help="JSON-lines file of results")
@@ -329,7 +401,14 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--listen", default="0.0.0.0:2525")
     k.add_argument("--dir", required=True)
     k.add_argument("--no-fsync", action="store_true", help="acknowledge before the data is on disk (unsafe)")
+    k.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each 250 (a slow destination)")
+    k.add_argument("--log", help="append one JSON line per arrival (id, arrived, size, message_id) to this file")
     k.set_defaults(func=cmd_sink)
+
+    t = sub.add_parser("latency", help="delivered / missing and latency percentiles: send records vs sink arrivals")
+    t.add_argument("--acks", action="append", required=True, help="JSON-lines file of a send run (repeatable)")
+    t.add_argument("--arrivals", action="append", required=True, help="arrival log of a sink (repeatable)")
+    t.set_defaults(func=cmd_latency)
     return p
 
 

@@ -1,0 +1,216 @@
+"""Helpers of the cluster scenario's tests: the topology from the inventory, VIP holders, sending
+numbered mail and counting it at the sink by Message-ID.
+
+Every figure a test prints comes from here: sent (messages the client tried), acked (250 with a
+queue ID), delivered (distinct Message-IDs stored by the sink), lost (acked but never delivered)
+and duplicated (extra copies of a Message-ID at the sink).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, wait_for
+
+SCENARIO = Path(__file__).resolve().parents[1]
+DOMAIN = "durable-mx.test"
+RCPT = f"test@{DOMAIN}"
+MAILCOUNT = "python3 /usr/local/bin/mailcount"
+
+
+def _host_vars(name: str) -> dict:
+    return yaml.safe_load((SCENARIO / "host_vars" / f"{name}.yml").read_text()) or {}
+
+
+def _groups() -> dict[str, list[str]]:
+    molecule = yaml.safe_load((SCENARIO / "molecule.yml").read_text())
+    groups: dict[str, list[str]] = {}
+    for platform in molecule["platforms"]:
+        for group in platform.get("groups", []):
+            groups.setdefault(group, []).append(platform["name"])
+    return groups
+
+
+GROUPS = _groups()
+PRIMARIES = GROUPS["mx_primary"]
+BACKUP = GROUPS["mx_backup"][0]
+DNS = GROUPS["dns"][0]
+SINK = GROUPS["mail_sink"][0]
+SENDER = GROUPS["mail_sender"][0]
+VIP = _host_vars("localhost")["lab_mx_vip"]
+ADDRESS = {name: _host_vars(name)["lab_node_spec"]["ip"] for names in GROUPS.values() for name in names}
+SINK_DIR = "/var/lib/mail-sink"
+
+
+def sh(name: str, command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a shell command in a node (podman exec; faster than testinfra for polling)."""
+    result = subprocess.run(["podman", "exec", name, "sh", "-c", command], capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{name}: {command!r} exited {result.returncode}: {result.stdout[-600:]} {result.stderr[-600:]}")
+    return result
+
+
+def vip_holders() -> list[str]:
+    """The primaries that have the VIP on an interface right now."""
+    return [name for name in PRIMARIES
+            if f" {VIP}/" in sh(name, "ip -4 -o addr show", check=False).stdout]
+
+
+def wait_single_holder(timeout: float = 30) -> str:
+    """Wait until exactly one primary holds the VIP, and stays so for a second; its name."""
+    def one() -> bool:
+        return len(vip_holders()) == 1
+
+    wait_for(one, timeout, "exactly one VIP holder")
+    time.sleep(1)
+    holders = vip_holders()
+    assert len(holders) == 1, f"VIP holders: {holders}"
+    return holders[0]
+
+
+def install_mailcount(name: str) -> None:
+    subprocess.run(["podman", "cp", str(REPO / "tests" / "tools" / "mailcount.py"), f"{name}:/usr/local/bin/mailcount"],
+                   check=True)
+
+
+def start_send(host: str, tag: str, count: int, delay: float = 0.0, parallel: int = 1) -> subprocess.Popen:
+    """Start sending `count` numbered messages from the sender node to host:25 in the background."""
+    install_mailcount(SENDER)
+    command = (f"{MAILCOUNT} send --host {host} --count {count} --rcpt {RCPT} --tag {tag} --delay {delay} "
+               f"--parallel {parallel} --timeout 20 --reconnect-delay 0.1 --out /root/{tag}.jsonl")
+    return subprocess.Popen(["podman", "exec", SENDER, "sh", "-c", command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish_send(process: subprocess.Popen, tag: str, timeout: float = 300) -> list[dict]:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, f"mailcount send failed: {out} {err}"
+    records = sh(SENDER, f"cat /root/{tag}.jsonl").stdout.splitlines()
+    return [json.loads(line) for line in records if line.strip()]
+
+
+def send(host: str, tag: str, count: int, **kwargs) -> list[dict]:
+    return finish_send(start_send(host, tag, count, **kwargs), tag)
+
+
+def acked(records: list[dict]) -> list[dict]:
+    return [r for r in records if r["code"] == 250 and r["queue_id"]]
+
+
+SINK_COUNT = r"""
+import collections, json, os, sys
+tag = sys.argv[1]
+counts = collections.Counter()
+for entry in os.scandir(sys.argv[2]):
+    if not entry.name.endswith('.eml'):
+        continue
+    with open(entry.path, 'rb') as fh:
+        for line in fh:
+            if line in (b'\r\n', b'\n'):
+                break
+            if line.lower().startswith(b'message-id:'):
+                mid = line.split(b':', 1)[1].strip().decode(errors='replace')
+                if mid.startswith('<' + tag + '-'):
+                    counts[mid] += 1
+                break
+print(json.dumps(counts))
+"""
+
+
+def sink_counts(tag: str) -> dict[str, int]:
+    """Copies stored at the sink per Message-ID of this tag."""
+    result = subprocess.run(["podman", "exec", "-i", SINK, "python3", "-", tag, SINK_DIR], input=SINK_COUNT,
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def wait_delivered(records: list[dict], tag: str, timeout: float, expect: set[str] | None = None) -> dict[str, int]:
+    """Wait until every acknowledged message (or every Message-ID in `expect`) is at the sink."""
+    wanted = expect if expect is not None else {r["message_id"] for r in acked(records)}
+    state: dict[str, dict[str, int]] = {"counts": {}}
+
+    def arrived() -> bool:
+        state["counts"] = sink_counts(tag)
+        return wanted <= set(state["counts"])
+
+    try:
+        wait_for(arrived, timeout, f"{len(wanted)} messages of {tag} at the sink", interval=1.0)
+    except AssertionError:
+        pass  # the figures below show what is missing
+    return state["counts"]
+
+
+def figures(title: str, records: list[dict], counts: dict[str, int], **extra) -> dict:
+    """Print and return sent / acked / delivered / lost / duplicated (+ extra figures)."""
+    acked_ids = {r["message_id"] for r in acked(records)}
+    result = {
+        "sent": len(records),
+        "acked": len(acked_ids),
+        "refused": len(records) - len(acked_ids),
+        "delivered": len(set(counts)),
+        "lost": len(acked_ids - set(counts)),
+        "duplicated": sum(n - 1 for n in counts.values()),
+        **extra,
+    }
+    print(f"\n[{title}] " + "  ".join(f"{k}={v}" for k, v in result.items()))
+    return result
+
+
+def postfix(name: str, action: str) -> None:
+    sh(name, f"systemctl {action} postfix")
+
+
+def queue_count(name: str) -> int:
+    return len([line for line in sh(name, "postqueue -j").stdout.splitlines() if line.strip()])
+
+
+def run_playbook(playbook: str, *extra: str) -> tuple[int, dict]:
+    """Run one of the repository's playbooks against the scenario's inventory; (rc, JSON result)."""
+    env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+               ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    result = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(REPO / playbook), *extra],
+                            capture_output=True, text=True, env=env, cwd=REPO)
+    try:
+        return result.returncode, json.loads(result.stdout)
+    except ValueError as exc:
+        raise AssertionError(f"{playbook}: no JSON result ({exc}): {result.stdout[-800:]} {result.stderr[-800:]}")
+
+
+def task_result(outcome: dict, task_name: str) -> dict:
+    """The (first host's) result of a task of a ansible.posix.json run."""
+    for play in outcome["plays"]:
+        for task in play["tasks"]:
+            if task["task"]["name"].startswith(task_name):
+                return next(iter(task["hosts"].values()))
+    raise AssertionError(f"task {task_name!r} not in the run")
+
+
+def watch_vip(name: str, present: bool, timeout: float = 30) -> subprocess.Popen:
+    """Start a poller inside a node that prints the epoch time (from the shared host clock) at
+    which the VIP appears on it (present=True) or is gone from it (present=False). It checks every
+    50 ms in the node itself, so podman exec latency does not blur the figure."""
+    test = "" if present else "!"
+    script = (f"echo ready; end=$(( $(date +%s) + {int(timeout)} )); "
+              f"while [ $(date +%s) -lt $end ]; do "
+              f"if {test} ip -4 -o addr show | grep -q ' {VIP}/'; then date +%s.%N; exit 0; fi; sleep 0.05; done; exit 1")
+    process = subprocess.Popen(["podman", "exec", name, "sh", "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready", f"the VIP poller did not start on {name}"
+    return process
+
+
+def watched_at(process: subprocess.Popen, what: str) -> float:
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, f"timed out waiting for {what}"
+    return float(out.strip())
+
+
+def stop_postfix_at(name: str) -> float:
+    """Stop Postfix on a node; the epoch time at which the stop began (node clock = host clock)."""
+    return float(sh(name, "date +%s.%N; systemctl stop postfix").stdout.split()[0])
