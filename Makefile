@@ -16,13 +16,14 @@ LAB_INVENTORY := inventories/lab/hosts.yml
 # Scenarios of `make test`; molecule/bench is the benchmark bed of `make bench`.
 SCENARIOS ?= default durable monitoring tenants cluster
 
-.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit rules molecule clean-stale bench
+.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit rules molecule clean-stale bench runbooks
 
 help:
 	@echo "make lab        bring up the lab nodes and run site.yml against them"
 	@echo "make lab-down   remove the lab's containers, network, loop devices and disk files"
 	@echo "make test       yamllint, ansible-lint, unit tests, promtool rule tests, Molecule scenarios ($(SCENARIOS))"
 	@echo "make bench      benchmarks (printed figures and ratios, results/ as JSON)"
+	@echo "make runbooks   run every runbook (playbooks/runbooks/) against the running lab and check its effect"
 
 deps: host-packages $(VENV)/.installed
 
@@ -48,6 +49,10 @@ lab-up:
 
 lab-summary:
 	@ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/summary.yml | sed -n '/==== LAB SUMMARY/,/==== END SUMMARY/p' | sed -E 's/^ {8}//'
+
+# The runbooks against the lab `make lab` brought up (tests/lab/test_runbooks.py); it leaves the lab running.
+runbooks: deps
+	DMX_LAB_TESTS=1 pytest -q -s tests/lab/test_runbooks.py
 
 lab-down: deps
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/down.yml
