@@ -207,3 +207,79 @@ def test_misplaced_files_are_reported_on_every_run(spool):
     for _ in range(2):
         report = scan(spool, hash_queue_depth=2)
         assert report["misplaced"] and not report["suspects"]
+
+
+# --- seals: a clean stop lets the next start skip the walk ---------------------------------------
+# The fixture queue is not an XFS mountpoint, so volume_fingerprint() (bulk stat) is replaced by
+# the same digest built from lstat(): every file's and directory's verified_key().
+
+def _lstat_fingerprint(queue_dir: str) -> str:
+    keys = sorted(pq.verified_key(pq.file_stat(os.lstat(p))) for p in [queue_dir, *map(str, Path(queue_dir).rglob("*"))])
+    return "%d:%s" % (len(keys), hash(tuple(keys)))
+
+
+@pytest.fixture
+def seals(tmp_path, monkeypatch):
+    monkeypatch.setattr(pq, "volume_fingerprint", _lstat_fingerprint)
+    return tmp_path / "seals"
+
+
+def test_clean_stop_seals_and_the_next_start_skips_the_walk(spool, seals, monkeypatch):
+    scan(spool)  # the start-up before: the record of sound files
+    before = tree(spool)
+    stop = scan(spool, seal_dir=str(seals), seal=True)
+    assert stop["clean"] and stop["seal"] == "written" and tree(spool) == before
+    walked = []
+    monkeypatch.setattr(pq, "_scan", lambda *a, **k: walked.append(a) or {})
+    start = scan(spool, seal_dir=str(seals))
+    assert start["seal"] == "matched" and start["clean"] and start["scanned"] == 17 and not walked
+    assert not list(seals.iterdir()), "a seal is used once"
+
+
+def test_a_change_after_the_seal_is_caught_at_start(spool, seals):
+    scan(spool, seal_dir=str(seals), seal=True)
+    victim = spool / VICTIM
+    victim.write_bytes(victim.read_bytes()[:-40])
+    start = scan(spool, seal_dir=str(seals))
+    assert start["seal"] == "stale" and [s["reason"] for s in start["suspects"]] == ["truncated"]
+    assert not victim.exists() and start["quarantined"] == 1
+
+
+def test_a_start_without_a_seal_scans(spool, seals):
+    report = scan(spool, seal_dir=str(seals))
+    assert report["seal"] == "absent" and report["scanned"] == 17
+
+
+def test_no_seal_for_a_queue_with_suspects_and_nothing_moved_at_stop(spool, seals):
+    (spool / VICTIM).write_bytes(b"")
+    stop = scan(spool, seal_dir=str(seals), seal=True)
+    assert stop["seal"] == "not written" and stop["suspects"][0]["action"] == "would quarantine"
+    assert (spool / VICTIM).exists() and not seals.exists()
+    start = scan(spool, seal_dir=str(seals))
+    assert start["seal"] == "absent" and start["quarantined"] == 1
+
+
+def test_no_seal_when_the_volume_changed_during_the_stop_scan(spool, seals, monkeypatch):
+    prints = iter(["1:a", "2:b"])
+    monkeypatch.setattr(pq, "volume_fingerprint", lambda _q: next(prints))
+    assert scan(spool, seal_dir=str(seals), seal=True)["seal"] == "not written"
+    assert not seals.exists()
+
+
+def test_other_settings_or_a_full_scan_ignore_the_seal(spool, seals):
+    scan(spool, seal_dir=str(seals), seal=True)
+    assert scan(spool, seal_dir=str(seals), hash_queue_depth=2)["seal"] == "stale"
+    scan(spool, seal_dir=str(seals), seal=True)
+    full = scan(spool, seal_dir=str(seals), full=True)
+    assert full["seal"] == "stale" and full["full"] and full["unchanged_since_last_scan"] == 0
+
+
+def test_no_fingerprint_off_a_mountpoint(spool):
+    assert pq.volume_fingerprint(str(spool)) is None
+
+
+def test_command_seals_on_stop(spool, tmp_path):
+    proc = _run_script(spool, tmp_path, "--seal", "--seal-dir", str(tmp_path / "seals"))
+    assert proc.returncode == 0, proc.stderr
+    # Off a mountpoint there is no fingerprint, so no seal: the next start scans.
+    assert json.loads(proc.stdout)["seal"] == "not written" and not (tmp_path / "seals").exists()

@@ -128,3 +128,20 @@ def test_truncated_queue_file_is_quarantined_before_postfix_starts():
     assert label and json.loads(host.file(label[0]).content_string)["reason"] == "truncated"
     journal = host.check_output("journalctl -q --no-pager -u postfix@-.service -o cat | grep '\"quarantined\": 1'")
     assert victim in journal
+
+
+def test_clean_stop_seals_the_queue_and_the_next_start_skips_the_walk():
+    host = node(OLD)
+    host.check_output("systemctl stop postfix")
+    # ExecStopPost scanned (moving nothing) and sealed the clean queue; the seal is off the volume.
+    stop = json.loads(host.check_output("journalctl -q --no-pager -u postfix@-.service -o cat | grep '\"seal\": ' | tail -n 1"))
+    assert stop["seal"] == "written" and stop["clean"], stop
+    assert host.check_output("ls /var/lib/durable-mx/integrity-seals") == "var_spool_postfix.seal.json"
+    host.check_output("systemctl start postfix")
+    start = json.loads(host.file("/run/durable-mx/integrity--.json").content_string)
+    print(f"\nstop: scanned {stop['scanned']}, seal {stop['seal']}; start: seal {start['seal']}, scanned {start['scanned']}")
+    assert start["seal"] == "matched" and start["scanned"] == stop["scanned"] and start["clean"]
+    assert host.service("postfix@-").is_running
+    # The seal is used once: Postfix writes to its volume as soon as it runs, so after a crash
+    # (no clean stop) the next start walks the queue again, as the truncated-file test above shows.
+    assert host.check_output("ls /var/lib/durable-mx/integrity-seals") == ""
