@@ -957,6 +957,36 @@ def select_messages(messages: Iterable[Dict[str, Any]], now: float, queues: Opti
     return chosen
 
 
+def selected_queue_ids(config_dir: str, queues: Iterable[str], domain: Optional[str] = None,
+                       sender: Optional[str] = None, min_age: Optional[str] = None,
+                       queue_ids: Optional[Iterable[str]] = None, now: Optional[float] = None,
+                       runner: Callable[..., Any] = subprocess.run) -> Tuple[List[str], List[Dict[str, str]]]:
+    """IDs (sorted) of the messages in `queues` of the instance at config_dir that match every
+    given selector (see select_messages), and the queue files that could not be read.
+
+    What the modules acting on a selection share.  Raises ValueError naming the bad selector
+    value, or the configuration directory whose settings cannot be read.
+    """
+    for qid in queue_ids or []:
+        if not postsuper_safe_id(qid):
+            raise ValueError("queue_ids: %r is not a Postfix queue ID (letters and digits only, not ALL)" % qid)
+    age = None
+    if min_age not in (None, ""):
+        try:
+            age = parse_duration(min_age)
+        except ValueError as exc:
+            raise ValueError("min_age: %s" % exc) from None
+    try:
+        queue_dir = instance_settings(config_dir, runner)["queue_directory"]
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ValueError("cannot read the settings of config_dir=%s: %s" % (config_dir, exc)) from None
+    queues = list(queues)
+    messages, errors = walk_queue(queue_dir, queues=queues, with_reasons=False)
+    chosen = select_messages(messages, time.time() if now is None else now, queues=queues, domain=domain,
+                             sender=sender, min_age=age, queue_ids=queue_ids)
+    return sorted(m["queue_id"] for m in chosen if postsuper_safe_id(m["queue_id"])), errors
+
+
 def _domain_matches(candidate: str, wanted: str) -> bool:
     if wanted.startswith("."):
         return candidate == wanted[1:] or candidate.endswith(wanted)

@@ -124,13 +124,9 @@ read_errors:
   elements: dict
 """
 
-import subprocess
-import time
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.postfix_queue import (ACTIONS, MESSAGE_QUEUES, instance_settings, parse_duration,
-                                                parse_postsuper_output, postsuper_command, postsuper_safe_id,
-                                                refuse_unselective, select_messages, walk_queue)
+from ansible.module_utils.postfix_queue import (ACTIONS, MESSAGE_QUEUES, parse_postsuper_output, postsuper_command,
+                                                refuse_unselective, selected_queue_ids)
 
 
 def run_module() -> None:
@@ -148,30 +144,17 @@ def run_module() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    for qid in p["queue_ids"] or []:
-        if not postsuper_safe_id(qid):
-            module.fail_json(msg="queue_ids: %r is not a Postfix queue ID (letters and digits only, not ALL)" % qid)
-    min_age = None
-    if p["min_age"] is not None:
-        try:
-            min_age = parse_duration(p["min_age"])
-        except ValueError as exc:
-            module.fail_json(msg="min_age: %s" % exc)
     selectors = {k: p[k] for k in ("queue", "domain", "sender", "min_age", "queue_ids")}
     refusal = refuse_unselective(p["action"], selectors, p["confirm"])
     if refusal:
         module.fail_json(msg=refusal)
-
-    try:
-        queue_dir = instance_settings(p["config_dir"], subprocess.run)["queue_directory"]
-    except (OSError, RuntimeError, ValueError) as exc:
-        module.fail_json(msg="cannot read the settings of config_dir=%s: %s" % (p["config_dir"], exc))
     applicable = ACTIONS[p["action"]][1]
     queues = [q for q in (p["queue"] or applicable) if q in applicable]
-    messages, errors = walk_queue(queue_dir, queues=queues, with_reasons=False)
-    chosen = select_messages(messages, time.time(), queues=queues, domain=p["domain"], sender=p["sender"],
-                             min_age=min_age, queue_ids=p["queue_ids"])
-    selected = sorted(m["queue_id"] for m in chosen if postsuper_safe_id(m["queue_id"]))
+    try:
+        selected, errors = selected_queue_ids(p["config_dir"], queues, domain=p["domain"], sender=p["sender"],
+                                              min_age=p["min_age"], queue_ids=p["queue_ids"])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
     cmd = postsuper_command(p["action"], p["config_dir"])
     result = dict(selected_ids=selected, command=cmd, read_errors=errors)
     if not selected or module.check_mode:

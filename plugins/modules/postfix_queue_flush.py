@@ -74,12 +74,8 @@ command:
   elements: str
 """
 
-import subprocess
-import time
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.postfix_queue import (instance_settings, parse_duration, postsuper_safe_id, select_messages,
-                                                walk_queue)
+from ansible.module_utils.postfix_queue import selected_queue_ids
 
 
 def run_module() -> None:
@@ -100,23 +96,11 @@ def run_module() -> None:
         module.fail_json(msg="give a selector (domain, sender, min_age, queue_ids) or all=true to flush the whole queue")
     if selective and p["all"]:
         module.fail_json(msg="all=true flushes everything: leave the selectors out, or drop all")
-    for qid in p["queue_ids"] or []:
-        if not postsuper_safe_id(qid):
-            module.fail_json(msg="queue_ids: %r is not a Postfix queue ID (letters and digits only)" % qid)
-    min_age = None
-    if p["min_age"]:
-        try:
-            min_age = parse_duration(p["min_age"])
-        except ValueError as exc:
-            module.fail_json(msg="min_age: %s" % exc)
     try:
-        queue_dir = instance_settings(p["config_dir"], subprocess.run)["queue_directory"]
-    except (OSError, RuntimeError, ValueError) as exc:
-        module.fail_json(msg="cannot read the settings of config_dir=%s: %s" % (p["config_dir"], exc))
-    messages, _ = walk_queue(queue_dir, queues=["deferred"], with_reasons=False)
-    chosen = select_messages(messages, time.time(), queues=["deferred"], domain=p["domain"], sender=p["sender"],
-                             min_age=min_age, queue_ids=p["queue_ids"])
-    selected = sorted(m["queue_id"] for m in chosen if postsuper_safe_id(m["queue_id"]))
+        selected, _ = selected_queue_ids(p["config_dir"], ["deferred"], domain=p["domain"], sender=p["sender"],
+                                         min_age=p["min_age"], queue_ids=p["queue_ids"])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
     base = ["postqueue", "-c", p["config_dir"]]
     result = dict(selected_ids=selected, failed_ids=[], command=base + (["-f"] if p["all"] else ["-i", "ID"]))
     if not selected or module.check_mode:

@@ -1,5 +1,7 @@
 """Pure logic of the postfix_queue module: selection, refusal, postsuper I/O."""
 
+import subprocess
+
 import pytest
 
 import postfix_queue as pq
@@ -81,3 +83,40 @@ def test_queue_id_validation_blocks_stdin_injection():
     assert pq.postsuper_safe_id("4jcN493RPvzD04F") and pq.postsuper_safe_id("3F2A1B8C9")
     for bad in ("", "4jcN4\nALL", "../x", "id with space", "ALL", "all"):
         assert not pq.postsuper_safe_id(bad)
+
+
+def _postconf_for(spool):
+    """A stand-in for `postconf -h` of an instance whose queue is the fixture spool."""
+    values = {"queue_directory": str(spool), "hash_queue_names": "deferred, defer", "hash_queue_depth": "1",
+              "mail_owner": "postfix", "setgid_group": "postdrop"}
+
+    def run(cmd, **_kwargs):
+        return subprocess.CompletedProcess(cmd, 0, "\n".join(values[n] for n in cmd[cmd.index("-h") + 1:]) + "\n", "")
+    return run
+
+
+def test_selected_queue_ids_reads_the_instance_queue(spool):
+    ids, errors = pq.selected_queue_ids("/etc/postfix", ["deferred", "hold"], runner=_postconf_for(spool))
+    assert not errors
+    assert ids == sorted(p.name for q in ("deferred", "hold") for p in (spool / q).rglob("*") if p.is_file())
+    held, _ = pq.selected_queue_ids("/etc/postfix", ["hold"], runner=_postconf_for(spool))
+    assert held == sorted(p.name for p in (spool / "hold").iterdir())
+    one, _ = pq.selected_queue_ids("/etc/postfix", ["deferred", "hold"], queue_ids=[held[0]], runner=_postconf_for(spool))
+    assert one == [held[0]]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"queue_ids": ["ALL"]}, "queue_ids: 'ALL'"),
+    ({"queue_ids": ["4jcN4; rm"]}, "queue_ids: '4jcN4; rm'"),
+    ({"min_age": "soon"}, "min_age:"),
+])
+def test_selected_queue_ids_names_bad_selectors(spool, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pq.selected_queue_ids("/etc/postfix", ["deferred"], runner=_postconf_for(spool), **kwargs)
+
+
+def test_selected_queue_ids_names_an_unreadable_config_dir():
+    def failing(cmd, **_kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", "postconf: fatal: open /etc/nope/main.cf: No such file")
+    with pytest.raises(ValueError, match="config_dir=/etc/nope"):
+        pq.selected_queue_ids("/etc/nope", ["deferred"], runner=failing)
