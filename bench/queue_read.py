@@ -151,7 +151,7 @@ def main() -> int:
         results[label] = figures
         print(f"\n{label} cache, median of {args.repeat} (seconds):")
         for name, seconds in figures.items():
-            print(f"  {name:<28} {seconds:8.2f}")
+            print(f"  {name:<40} {seconds:8.2f}")
         ratios = {
             "facts_first_over_qshape": figures["facts, first run"] / figures["qshape deferred"],
             "facts_cached_over_qshape": figures["facts, cached"] / figures["qshape deferred"],
