@@ -145,6 +145,7 @@ def task_result(outcome: dict, task_name: str) -> dict:
     """The (first host's) result of a task of a ansible.posix.json run."""
     for play in outcome["plays"]:
         for task in play["tasks"]:
-            if task["task"]["name"].startswith(task_name):
+            # Tasks of a role are named "ROLE : NAME".
+            if task["task"]["name"].split(" : ", 1)[-1].startswith(task_name):
                 return next(iter(task["hosts"].values()))
     raise AssertionError(f"task {task_name!r} not in the run")

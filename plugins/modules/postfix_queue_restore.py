@@ -84,8 +84,8 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.postfix_queue import postconf
-from ansible.module_utils.queue_backup import (BackupError, check_member, fsync_path, load_manifest, move_aside,
-                                               tree_ids, verify_backup)
+from ansible.module_utils.queue_backup import (BackupError, check_member, config_tops, fsync_path, load_manifest,
+                                               move_aside, tree_ids, verify_backup)
 
 
 def master_running(queue_dir: str) -> bool:
@@ -101,10 +101,9 @@ def master_running(queue_dir: str) -> bool:
 def stage_config(module: AnsibleModule, backup_dir: str, manifest: dict, config_dir: str, stage: str) -> str:
     """Extract the configuration archive into stage and have Postfix check it; the staged config dir."""
     archive = os.path.join(backup_dir, manifest["config"]["file"])
-    tops = {p.lstrip("/").split("/", 1)[0] for p in manifest["config"]["paths"]}
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar:
-            check_member(member, tops)
+            check_member(member, config_tops(manifest), links=True)
     rc, _out, err = module.run_command(["tar", "-C", stage, "-xpf", archive])
     if rc != 0:
         raise BackupError("extracting %s failed: %s" % (archive, err.strip()))

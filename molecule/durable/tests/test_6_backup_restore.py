@@ -31,8 +31,10 @@ def master_pid() -> str:
 
 
 def failed_msg(outcome: dict) -> str:
-    return " ".join(str(result.get("msg", "")) for play in outcome["plays"] for task in play["tasks"]
-                    for result in task["hosts"].values() if result.get("failed"))
+    """What the failed tasks of a run said (a loop's own items included)."""
+    failed = [result for play in outcome["plays"] for task in play["tasks"] for result in task["hosts"].values()
+              if result.get("failed")]
+    return " ".join(str(r.get("msg", "")) for f in failed for r in [f] + [i for i in f.get("results", []) if i.get("failed")])
 
 
 @pytest.fixture(scope="module")
