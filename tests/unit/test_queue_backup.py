@@ -159,3 +159,20 @@ def test_move_aside_renames_every_queue_tree(tmp_path: Path) -> None:
     assert set(moved) >= {"deferred", "hold", "defer"} and "pid" not in moved
     assert qb.tree_ids(str(spool)) == {} and qb.tree_ids(str(spool / "durable-mx-restore-aside" / "T")) == before
     assert (spool / "pid").is_dir()
+
+
+def test_config_archives_keep_their_links_but_nothing_outside_their_paths(tmp_path: Path) -> None:
+    conf = tmp_path / "etc" / "postfix"
+    conf.mkdir(parents=True)
+    (conf / "main.cf").write_text("myhostname = mx1\n")
+    (conf / "makedefs.out").symlink_to("/usr/share/postfix/makedefs.out")  # as Debian ships it
+    backup = tmp_path / "ID"
+    backup.mkdir()
+    config = qb.config_archive([str(conf), str(tmp_path / "missing")], str(backup / "postfix.config.tar.gz"))
+    assert config == {"paths": [str(conf)], "files": 1}
+    config.update(file="postfix.config.tar.gz", sha256=qb.sha256_file(str(backup / "postfix.config.tar.gz")))
+    manifest = {"format": qb.MANIFEST_FORMAT, "instance": "postfix", "config": config}
+    assert qb.verify_backup(str(backup), manifest, ["config"]) == []
+    # The same archive checked against other paths (a forged manifest) is refused.
+    manifest["config"] = dict(config, paths=["/srv/other"])
+    assert "outside srv" in qb.verify_backup(str(backup), manifest, ["config"])[0]
