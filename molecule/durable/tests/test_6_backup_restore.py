@@ -85,6 +85,16 @@ def test_backup_holds_exactly_the_queued_messages(backed_up, mailcount):
     mx.check_output("touch /var/spool/postfix/.thaw-check && rm /var/spool/postfix/.thaw-check")
 
 
+def test_backup_in_check_mode_writes_nothing(backed_up):
+    before = node(MX).check_output(f"ls {BACKUPS}")
+    rc, outcome = run_playbook("playbooks/runbooks/backup.yml", "-l", MX, "--check")
+    assert rc == 0, failed_msg(outcome)
+    shown = task_result(outcome, "Show the backups")["msg"]
+    print(f"\n[backup --check] {shown}")
+    assert shown == [f"{MX} postfix: would back up {COUNT} message(s) (deferred {COUNT - HELD}, hold {HELD})"]
+    assert node(MX).check_output(f"ls {BACKUPS}") == before
+
+
 def test_restore_without_confirmation_changes_nothing(backed_up):
     pid = master_pid()
     rc, outcome = run_playbook("playbooks/runbooks/restore.yml", "-l", MX, "-e", f"backup={backed_up['manifest']['backup_id']}")
