@@ -8,8 +8,12 @@ hash. A restore without confirm=yes and one from a tampered archive must change 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from conftest import json_out, node, run_playbook, task_result, wait_for
@@ -55,11 +59,12 @@ def backed_up(mailcount) -> dict:
     expected = {r["queue_id"]: ("hold" if r["queue_id"] in hold else "deferred") for r in acks}
     assert queued() == expected
 
-    rc, outcome = run_playbook("playbooks/runbooks/backup.yml", "-l", MX)
+    dest = tempfile.mkdtemp(prefix="dmx-backup-fetch-")
+    rc, outcome = run_playbook("playbooks/runbooks/backup.yml", "-l", MX, "-e", f"dest={dest}")
     assert rc == 0, failed_msg(outcome)
     manifest = task_result(outcome, "Back up each instance")["results"][0]["manifest"]
     print(f"\n[backup] {task_result(outcome, 'Show the backups')['msg']}")
-    return {"tag": tag, "acks": f"/root/{tag}.jsonl", "expected": expected, "manifest": manifest}
+    return {"tag": tag, "acks": f"/root/{tag}.jsonl", "expected": expected, "manifest": manifest, "dest": Path(dest)}
 
 
 def test_backup_holds_exactly_the_queued_messages(backed_up, mailcount):
@@ -81,6 +86,11 @@ def test_backup_holds_exactly_the_queued_messages(backed_up, mailcount):
     assert check["present"] == COUNT and check["lost"] == 0 and check["corrupt"] == 0
     assert "etc/postfix/main.cf" in config and "etc/postfix/master.cf" in config
     assert 0 < manifest["freeze_seconds"] < manifest["freeze_timeout"]
+    # -e dest=DIR fetched the same files to the controller.
+    fetched = backed_up["dest"] / MX / manifest["backup_id"]
+    assert hashlib.sha256((fetched / "postfix.queue.tar.gz").read_bytes()).hexdigest() == manifest["queue"]["sha256"]
+    assert json.loads((fetched / "postfix.manifest.json").read_text()) == manifest
+    shutil.rmtree(backed_up["dest"])
     # Thawed: the volume takes writes again.
     mx.check_output("touch /var/spool/postfix/.thaw-check && rm /var/spool/postfix/.thaw-check")
 
