@@ -127,3 +127,25 @@ def run_module(name: str, module: str, args: dict, check: bool = False) -> dict:
     except (ValueError, KeyError, IndexError) as exc:
         raise AssertionError(f"{module} on {name}: no result ({exc}): {result.stdout[-800:]} {result.stderr[-800:]}")
     return outcome
+
+
+def run_playbook(playbook: str, *extra: str) -> tuple[int, dict]:
+    """Run one of the repository's playbooks against the scenario's inventory; (rc, JSON result)."""
+    env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+               ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    result = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(REPO / playbook), *extra],
+                            capture_output=True, text=True, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
+    try:
+        return result.returncode, json.loads(result.stdout)
+    except ValueError as exc:
+        raise AssertionError(f"{playbook}: no JSON result ({exc}): {result.stdout[-800:]} {result.stderr[-800:]}")
+
+
+def task_result(outcome: dict, task_name: str) -> dict:
+    """The (first host's) result of a task of a ansible.posix.json run."""
+    for play in outcome["plays"]:
+        for task in play["tasks"]:
+            # Tasks of a role are named "ROLE : NAME".
+            if task["task"]["name"].split(" : ", 1)[-1].startswith(task_name):
+                return next(iter(task["hosts"].values()))
+    raise AssertionError(f"task {task_name!r} not in the run")

@@ -64,6 +64,10 @@ options:
         O(queue_directory) are then not used. With C(source=files) only.
     type: bool
     default: false
+  list_ids:
+    description: Also return C(queue_ids), the queue IDs per queue (sorted), in each summary.
+    type: bool
+    default: false
 author:
   - durable-mx contributors
 """
@@ -152,6 +156,9 @@ queue:
     reason_classes:
       description: Deferred recipients per class (dns, connect, tls, 4xx, 5xx, other).
       type: dict
+    queue_ids:
+      description: With O(list_ids), queue name -> sorted queue IDs (queues without messages left out).
+      type: dict
     errors:
       description: Queue files that could not be read, with the error.
       type: list
@@ -191,6 +198,15 @@ def read_files(module: AnsibleModule, queue_dir: str):
     return messages, errors
 
 
+def with_ids(module: AnsibleModule, summary: dict, messages: list) -> dict:
+    if module.params["list_ids"]:
+        ids: dict = {}
+        for m in messages:
+            ids.setdefault(m["queue_name"], []).append(m["queue_id"])
+        summary["queue_ids"] = {q: sorted(v) for q, v in sorted(ids.items())}
+    return summary
+
+
 def all_instances(module: AnsibleModule, now: int) -> None:
     params = module.params
     if params["source"] != "files":
@@ -205,7 +221,7 @@ def all_instances(module: AnsibleModule, now: int) -> None:
         summary = summarize(messages, now, params["top_n"])
         summary.update(instance=inst["name"], group=inst["group"], config_dir=inst["config_dir"],
                        queue_directory=inst["queue_directory"], source="files", generated_at=now, errors=errors)
-        summaries.append(summary)
+        summaries.append(with_ids(module, summary, messages))
     module.exit_json(changed=False, instances=summaries)
 
 
@@ -219,6 +235,7 @@ def run_module() -> None:
             cache=dict(type="bool", default=True),
             cache_dir=dict(type="path", default="/var/cache/durable-mx"),
             all_instances=dict(type="bool", default=False),
+            list_ids=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -253,7 +270,7 @@ def run_module() -> None:
     summary = summarize(messages, now, params["top_n"])
     summary.update(instance=instance, config_dir=params["config_dir"], queue_directory=queue_dir,
                    source=params["source"], generated_at=now, errors=errors)
-    module.exit_json(changed=False, queue=summary)
+    module.exit_json(changed=False, queue=with_ids(module, summary, messages))
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ Standard library only: the tests copy this file into lab nodes and run it there.
   send          send N numbered messages over SMTP, one JSON line per message to --out
                 ({"n", "message_id", "sha256", "code", "reply", "queue_id"})
   check-postfix for every acknowledged message, read it back from the Postfix queue with
-                postcat and compare its body hash
+                postcat and compare its body hash (--queue-dir: from a copy of a queue
+                directory, such as an extracted backup, instead of the live queue)
   check-dir     the same against a directory of received files (the `sink` below)
   sink          a minimal SMTP receiver that stores each message as a file and answers
                 "250 ... queued as ID"; with --no-fsync it acknowledges before the data is on
@@ -178,8 +179,21 @@ def acked(records: list[dict]) -> list[dict]:
     return [r for r in records if r["code"] == 250 and r["queue_id"]]
 
 
-def postcat_body(queue_id: str, config_dir: str | None) -> str | None:
-    command = ["postcat", "-bq", queue_id]
+QUEUE_NAMES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+
+
+def queue_files(queue_dir: str) -> dict[str, Path]:
+    """Queue ID -> file, for every message file of a (copy of a) queue directory."""
+    found = {}
+    for queue in QUEUE_NAMES:
+        for path in Path(queue_dir, queue).rglob("*"):
+            if path.is_file():
+                found[path.name] = path
+    return found
+
+
+def postcat_body(queue_id: str, config_dir: str | None, path: Path | None = None) -> str | None:
+    command = ["postcat", "-bq", queue_id] if path is None else ["postcat", "-b", str(path)]
     if config_dir:
         command[1:1] = ["-c", config_dir]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -218,7 +232,11 @@ def verify(records: list[dict], read_body) -> dict:
 
 
 def cmd_check_postfix(args: argparse.Namespace) -> int:
-    summary = verify(load(args.acks), lambda qid: postcat_body(qid, args.config_dir))
+    if args.queue_dir:
+        files = queue_files(args.queue_dir)
+        summary = verify(load(args.acks), lambda qid: postcat_body(qid, args.config_dir, files[qid]) if qid in files else None)
+    else:
+        summary = verify(load(args.acks), lambda qid: postcat_body(qid, args.config_dir))
     print(json.dumps(summary))
     return 0
 
@@ -390,6 +408,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-postfix", help="find every acknowledged message in the Postfix queue")
     c.add_argument("--acks", required=True)
     c.add_argument("--config-dir", default=None)
+    c.add_argument("--queue-dir", default=None, help="read the messages from this copy of a queue directory")
     c.set_defaults(func=cmd_check_postfix)
 
     d = sub.add_parser("check-dir", help="find every acknowledged message in a sink directory")

@@ -9,14 +9,14 @@ and duplicated (extra copies of a Message-ID at the sink).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import yaml
 
-from conftest import REPO, wait_for
+# run_playbook and task_result live in molecule/conftest.py (shared by every scenario); the tests import them from here.
+from conftest import REPO, run_playbook, task_result, wait_for  # noqa: F401
 
 SCENARIO = Path(__file__).resolve().parents[1]
 DOMAIN = "durable-mx.test"
@@ -169,27 +169,6 @@ def postfix(name: str, action: str) -> None:
 
 def queue_count(name: str) -> int:
     return len([line for line in sh(name, "postqueue -j").stdout.splitlines() if line.strip()])
-
-
-def run_playbook(playbook: str, *extra: str) -> tuple[int, dict]:
-    """Run one of the repository's playbooks against the scenario's inventory; (rc, JSON result)."""
-    env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-    result = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(REPO / playbook), *extra],
-                            capture_output=True, text=True, env=env, cwd=REPO)
-    try:
-        return result.returncode, json.loads(result.stdout)
-    except ValueError as exc:
-        raise AssertionError(f"{playbook}: no JSON result ({exc}): {result.stdout[-800:]} {result.stderr[-800:]}")
-
-
-def task_result(outcome: dict, task_name: str) -> dict:
-    """The (first host's) result of a task of a ansible.posix.json run."""
-    for play in outcome["plays"]:
-        for task in play["tasks"]:
-            if task["task"]["name"].startswith(task_name):
-                return next(iter(task["hosts"].values()))
-    raise AssertionError(f"task {task_name!r} not in the run")
 
 
 def watch_vip(name: str, present: bool, timeout: float = 30) -> subprocess.Popen:
