@@ -140,7 +140,7 @@ def run_module() -> None:
             config_dir=dict(type="path", default="/etc/postfix"),
             quarantine_dir=dict(type="path"),
             quarantine_misplaced=dict(type="bool", default=False),
-            structure_pass=dict(type="bool", default=True),
+            structure_pass=dict(type="bool", default=True, no_log=False),  # "pass" is not a password
             full=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
