@@ -217,9 +217,18 @@ def cmd_observe(args: argparse.Namespace) -> int:
                 where = labels.get("node") or labels.get("instance") or labels.get("vip") or ""
                 signals["alert"] = {"signal": f"alert {labels['alertname']} {where} {first['state']}".replace("  ", " "),
                                     "at": first["active_epoch"]}
-        if (smtp or args.dns) and "health" not in signals:
+        if (smtp or args.dns or args.probe) and "health" not in signals:
             failed = [f"no SMTP greeting from {label} ({address}:25)" for label, address in smtp
                       if not smtp_ok(state["sender"], address)]
+            for item in args.probe:
+                label, _, rest = item.partition("=")
+                node, _, command = rest.partition(":")
+                try:
+                    probe_failed = sh(node, command, check=False, timeout=15).returncode != 0
+                except subprocess.TimeoutExpired:
+                    probe_failed = True
+                if probe_failed:
+                    failed.append(f"{label} failed on {node}")
             if args.dns and not dns_ok(args.dns_server, args.dns, args.dns_expect):
                 failed.append(f"MX of {args.dns} at {args.dns_server} is not the published set")
             if failed:
@@ -238,7 +247,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
                 split = " (split brain: " + " and ".join(holders) + " hold it)" if len(holders) > 1 else ""
                 state.setdefault("notes", []).append(f"VIP {args.vip} taken over by {others[0]}{split}")
                 print(f"mitigated after {mitigated - fault:.1f} s: VIP on {others[0]}{split}", flush=True)
-        wanted_in = (("alert" in signals or not names) and ("health" in signals or not (smtp or args.dns))
+        wanted_in = (("alert" in signals or not names) and ("health" in signals or not (smtp or args.dns or args.probe))
                      and (mitigated is not None or not args.vip_away))
         if wanted_in or time.monotonic() > deadline:
             break
@@ -450,6 +459,8 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--prometheus", required=True, help="base URL of the lab's Prometheus")
     o.add_argument("--alerts", default="", help="comma-separated alert names that count as detection")
     o.add_argument("--smtp", action="append", default=[], help="LABEL=ADDRESS whose SMTP greeting is a health check")
+    o.add_argument("--probe", action="append", default=[],
+                   help="LABEL=NODE:COMMAND, a health check run in NODE that fails with a non-zero exit")
     o.add_argument("--dns", default="", help="domain whose MX set is a health check")
     o.add_argument("--dns-server", default="")
     o.add_argument("--dns-expect", action="append", default=[], help="'PREF EXCHANGE' of the published MX set")
