@@ -16,7 +16,7 @@ LAB_INVENTORY := inventories/lab/hosts.yml
 # Scenarios of `make test`; molecule/bench is the benchmark bed of `make bench`.
 SCENARIOS ?= default durable monitoring tenants cluster
 
-.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit rules molecule clean-stale bench runbooks
+.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit rules molecule clean-stale bench runbooks chaos
 
 help:
 	@echo "make lab        bring up the lab nodes and run site.yml against them"
@@ -24,6 +24,7 @@ help:
 	@echo "make test       yamllint, ansible-lint, unit tests, promtool rule tests, Molecule scenarios ($(SCENARIOS))"
 	@echo "make bench      benchmarks (printed figures and ratios, results/ as JSON)"
 	@echo "make runbooks   run every runbook (playbooks/runbooks/) against the running lab and check its effect"
+	@echo "make chaos      run the chaos exercises (playbooks/chaos/) on the running lab; report in results/chaos/"
 
 deps: host-packages $(VENV)/.installed
 
@@ -53,6 +54,25 @@ lab-summary:
 # The runbooks against the lab `make lab` brought up (tests/lab/test_runbooks.py); it leaves the lab running.
 runbooks: deps
 	DMX_LAB_TESTS=1 pytest -q -s tests/lab/test_runbooks.py
+
+# The chaos exercises on the running lab, in this order (docs/chaos.md); each writes
+# results/chaos/<exercise>.json, then report.md and report.json sum them up. Fails if any exercise
+# failed, lost or duplicated mail.
+CHAOS ?= kill-node power-cut volume-full dns-servfail dns-corrupt milter-down partition
+LAB_NODES := mx1 mx2 backup-mx ns1 sink sender mon1
+
+chaos: deps
+	@for n in $(LAB_NODES); do \
+	  [ "$$(podman inspect -f '{{.State.Running}}' dmx-lab-$$n 2>/dev/null)" = true ] \
+	    || { echo "the lab is not up (dmx-lab-$$n is not running): run make lab first" >&2; exit 1; }; \
+	done
+	@mkdir -p results/chaos
+	@since=$$(date -u +%Y-%m-%dT%H:%M:%SZ); rc=0; \
+	for e in $(CHAOS); do \
+	  echo "=== chaos $$e"; ansible-playbook -i $(LAB_INVENTORY) playbooks/chaos/$$e.yml -e confirm=yes || rc=1; \
+	done; \
+	python tests/tools/chaos.py --state-dir results/chaos report --exercises "$$(echo $(CHAOS) | tr ' ' ,)" --since $$since || rc=1; \
+	exit $$rc
 
 lab-down: deps
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/down.yml

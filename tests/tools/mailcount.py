@@ -13,6 +13,8 @@ Standard library only: the tests copy this file into lab nodes and run it there.
                 "250 ... queued as ID"; with --no-fsync it acknowledges before the data is on
                 disk (a deliberately unsafe receiver, to show the checks can fail); --delay makes
                 it a slow destination, --log records each arrival (Message-ID, time)
+  count         copies per Message-ID of one tag stored in a sink directory (JSON object), to
+                count delivered / lost / duplicated by Message-ID
   latency       match the acknowledged messages of send runs with the arrivals a sink logged:
                 delivered / missing counts and the delivery latency (250 at the sender to
                 arrival at the sink) percentiles
@@ -291,6 +293,31 @@ def cmd_check_dir(args: argparse.Namespace) -> int:
     return 0
 
 
+def stored_message_ids(directory: Path, tag: str) -> dict[str, int]:
+    """Copies of each Message-ID <TAG-N@...> among the .eml files a sink stored (headers only)."""
+    counts: dict[str, int] = {}
+    prefix = f"<{tag}-"
+    for entry in os.scandir(directory):
+        if not entry.name.endswith(".eml"):
+            continue
+        with open(entry.path, "rb") as fh:
+            for line in fh:
+                if line in (b"\r\n", b"\n"):
+                    break
+                match = MESSAGE_ID.match(line)
+                if match:
+                    message_id = match.group(1).decode(errors="replace")
+                    if message_id.startswith(prefix):
+                        counts[message_id] = counts.get(message_id, 0) + 1
+                    break
+    return counts
+
+
+def cmd_count(args: argparse.Namespace) -> int:
+    print(json.dumps(stored_message_ids(Path(args.dir), args.tag)))
+    return 0
+
+
 class SinkHandler(socketserver.StreamRequestHandler):
     """Just enough SMTP for smtplib and Postfix's smtp client: HELO/EHLO, MAIL, RCPT, DATA, RSET."""
 
@@ -423,6 +450,11 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each 250 (a slow destination)")
     k.add_argument("--log", help="append one JSON line per arrival (id, arrived, size, message_id) to this file")
     k.set_defaults(func=cmd_sink)
+
+    n = sub.add_parser("count", help="copies per Message-ID of one tag in a sink directory")
+    n.add_argument("--dir", required=True)
+    n.add_argument("--tag", required=True, help="Message-ID prefix of the send run")
+    n.set_defaults(func=cmd_count)
 
     t = sub.add_parser("latency", help="delivered / missing and latency percentiles: send records vs sink arrivals")
     t.add_argument("--acks", action="append", required=True, help="JSON-lines file of a send run (repeatable)")
