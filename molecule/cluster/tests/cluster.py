@@ -184,10 +184,11 @@ def run_playbook(playbook: str, *extra: str) -> tuple[int, dict]:
 
 
 def task_result(outcome: dict, task_name: str) -> dict:
-    """The (first host's) result of a task of a ansible.posix.json run."""
+    """The (first host's) result of a task of a ansible.posix.json run; a role's task is named
+    without its "ROLE : " prefix."""
     for play in outcome["plays"]:
         for task in play["tasks"]:
-            if task["task"]["name"].startswith(task_name):
+            if task["task"]["name"].split(" : ", 1)[-1].startswith(task_name):
                 return next(iter(task["hosts"].values()))
     raise AssertionError(f"task {task_name!r} not in the run")
 
