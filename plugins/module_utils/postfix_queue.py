@@ -1517,3 +1517,66 @@ def parse_postsuper_output(text: str) -> List[str]:
         if match:
             changed.append(match.group(1))
     return changed
+
+
+# --------------------------------------------------------------------------
+# Ownership of a queue that moves to another node (runbook adopt)
+
+
+def queue_owner_ids(entries: Iterable[Tuple[str, int, int, bool]], owner_uid: int, setgid_gid: int) -> Optional[int]:
+    """The primary group of a queue's mail_owner, seen on its files: the group of the first regular
+    file the owner has that is not in setgid_group (queue files carry the daemons' uid and gid)."""
+    for _path, uid, gid, regular in entries:
+        if regular and uid == owner_uid and gid != setgid_gid:
+            return gid
+    return None
+
+
+def remap_queue_owners(queue_dir: str, new_uid: int, new_gid: int, new_setgid_gid: int,
+                       dry_run: bool = False) -> Dict[str, Any]:
+    """Give a queue written by another node's Postfix the IDs of this node's Postfix.
+
+    The other node's IDs are read from the queue itself: `active` belongs to its mail_owner,
+    `public` to its setgid_group, and its queue files to the owner's primary group. Every
+    file and directory of the queue's filesystem with one of those IDs gets the matching
+    local one in a single pass (lchown; so a swap of two IDs cannot mix them up). Other IDs
+    (root, maildrop files of local users) stay.
+    """
+    owner_uid = os.stat(os.path.join(queue_dir, "active")).st_uid
+    setgid_gid = os.stat(os.path.join(queue_dir, "public")).st_gid
+    device = os.stat(queue_dir).st_dev
+    entries: List[Tuple[str, int, int, bool]] = []
+    for top, dirs, files in os.walk(queue_dir):
+        kept = []
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            st = os.lstat(path)
+            if st.st_dev != device:
+                continue  # another filesystem mounted inside: not this queue's
+            entries.append((path, st.st_uid, st.st_gid, stat.S_ISREG(st.st_mode)))
+            if name in dirs and stat.S_ISDIR(st.st_mode):
+                kept.append(name)
+        dirs[:] = kept
+    root = os.lstat(queue_dir)
+    entries.append((queue_dir, root.st_uid, root.st_gid, False))
+    owner_gid = queue_owner_ids(entries, owner_uid, setgid_gid)
+    uid_map = {owner_uid: new_uid} if owner_uid != new_uid else {}
+    gid_map = {setgid_gid: new_setgid_gid} if setgid_gid != new_setgid_gid else {}
+    if owner_gid is not None and owner_gid != new_gid:
+        gid_map[owner_gid] = new_gid
+    changed = []
+    for path, uid, gid, _regular in entries:
+        if uid in uid_map or gid in gid_map:
+            if not dry_run:
+                os.lchown(path, uid_map.get(uid, uid), gid_map.get(gid, gid))
+            changed.append(path)
+    return {
+        "previous": {"mail_owner_uid": owner_uid, "mail_owner_gid": owner_gid, "setgid_gid": setgid_gid},
+        "current": {"mail_owner_uid": new_uid, "mail_owner_gid": new_gid, "setgid_gid": new_setgid_gid},
+        "uid_map": uid_map,
+        "gid_map": gid_map,
+        "examined": len(entries),
+        "changed": len(changed),
+        "changed_sample": changed[:10],
+        "dry_run": dry_run,
+    }
