@@ -186,30 +186,9 @@ def send(host: str, tag: str, count: int, **kwargs) -> list[dict]:
     return records
 
 
-SINK_COUNT = r"""
-import collections, json, os, sys
-tag = sys.argv[1]
-counts = collections.Counter()
-for entry in os.scandir(sys.argv[2]):
-    if not entry.name.endswith('.eml'):
-        continue
-    with open(entry.path, 'rb') as fh:
-        for line in fh:
-            if line in (b'\r\n', b'\n'):
-                break
-            if line.lower().startswith(b'message-id:'):
-                mid = line.split(b':', 1)[1].strip().decode(errors='replace')
-                if mid.startswith('<' + tag + '-'):
-                    counts[mid] += 1
-                break
-print(json.dumps(counts))
-"""
-
-
 def sink_counts(tag: str) -> dict[str, int]:
-    result = subprocess.run(["podman", "exec", "-i", PREFIX + SINK, "python3", "-", tag, SINK_DIR], input=SINK_COUNT,
-                            capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)
+    install_mailcount(SINK)
+    return json.loads(sh(SINK, f"python3 /usr/local/bin/mailcount count --dir {SINK_DIR} --tag {tag}").stdout)
 
 
 def wait_at_sink(records: list[dict], tag: str, timeout: float) -> dict[str, int]:

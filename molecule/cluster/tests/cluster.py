@@ -104,31 +104,10 @@ def acked(records: list[dict]) -> list[dict]:
     return [r for r in records if r["code"] == 250 and r["queue_id"]]
 
 
-SINK_COUNT = r"""
-import collections, json, os, sys
-tag = sys.argv[1]
-counts = collections.Counter()
-for entry in os.scandir(sys.argv[2]):
-    if not entry.name.endswith('.eml'):
-        continue
-    with open(entry.path, 'rb') as fh:
-        for line in fh:
-            if line in (b'\r\n', b'\n'):
-                break
-            if line.lower().startswith(b'message-id:'):
-                mid = line.split(b':', 1)[1].strip().decode(errors='replace')
-                if mid.startswith('<' + tag + '-'):
-                    counts[mid] += 1
-                break
-print(json.dumps(counts))
-"""
-
-
 def sink_counts(tag: str) -> dict[str, int]:
     """Copies stored at the sink per Message-ID of this tag."""
-    result = subprocess.run(["podman", "exec", "-i", SINK, "python3", "-", tag, SINK_DIR], input=SINK_COUNT,
-                            capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)
+    install_mailcount(SINK)
+    return json.loads(sh(SINK, f"{MAILCOUNT} count --dir {SINK_DIR} --tag {tag}").stdout)
 
 
 def wait_delivered(records: list[dict], tag: str, timeout: float, expect: set[str] | None = None) -> dict[str, int]:
