@@ -103,9 +103,15 @@ def test_unselective_delete_is_refused():
     assert set(_queue_ids(host)) == before
 
 
+def _stop_postfix(host):
+    """Stop Postfix and wait for its instance's ExecStopPost scan: stopping postfix.service alone
+    returns while postfix@- is still stopping (the instance stops after the wrapper)."""
+    host.check_output("rm -f /run/durable-mx/integrity-stop--.json && systemctl stop postfix.service postfix@-.service")
+
+
 def test_truncated_queue_file_is_quarantined_before_postfix_starts():
     host = node(OLD)
-    host.check_output("systemctl stop postfix")
+    _stop_postfix(host)
     path = host.check_output("find /var/spool/postfix/deferred /var/spool/postfix/active -type f | head -1")
     victim = path.rsplit("/", 1)[1]
     # Cut the file in the middle of its records, as a crash during a write could.
@@ -132,7 +138,7 @@ def test_truncated_queue_file_is_quarantined_before_postfix_starts():
 
 def test_clean_stop_seals_the_queue_and_the_next_start_skips_the_walk():
     host = node(OLD)
-    host.check_output("systemctl stop postfix")
+    _stop_postfix(host)
     # ExecStopPost scanned (moving nothing) and sealed the clean queue; the seal is off the volume.
     stop = json.loads(host.file("/run/durable-mx/integrity-stop--.json").content_string)
     assert stop["seal"] == "written" and stop["clean"], stop
