@@ -13,6 +13,7 @@ checks through `podman exec`, copies per Message-ID counted at the sink.
            on another primary (failover = mitigated; a split brain is noted)
   settle   wait until exactly one primary holds the VIP (after a heal), record when
   vip      print the primary that holds the VIP (fails unless exactly one does)
+  wait-traffic  wait until the numbered traffic has ended
   finish   wait for the traffic to end and every acknowledged message to reach the sink; write
            and print sent / acked / delivered / lost / duplicated and the times; exit 1 on loss,
            duplicates or a missing measurement
@@ -309,14 +310,25 @@ def count_at_sink(state: dict) -> dict[str, int]:
     return json.loads(out)
 
 
+def wait_for_traffic(state: dict, timeout: float) -> None:
+    """Until the numbered traffic (the sender's transient unit) has ended."""
+    deadline = time.monotonic() + timeout
+    while sh(state["sender"], f"systemctl is-active {state['unit']}", check=False).stdout.strip() in ("active", "activating"):
+        if time.monotonic() > deadline:
+            raise ChaosError(f"traffic {state['tag']} still running after {timeout:.0f} s")
+        time.sleep(2)
+
+
+def cmd_wait_traffic(args: argparse.Namespace) -> int:
+    wait_for_traffic(load_state(args), args.timeout)
+    return 0
+
+
 def cmd_finish(args: argparse.Namespace) -> int:
     state = load_state(args)
-    sender, unit = state["sender"], state["unit"]
+    sender = state["sender"]
     deadline = time.monotonic() + args.timeout
-    while sh(sender, f"systemctl is-active {unit}", check=False).stdout.strip() in ("active", "activating"):
-        if time.monotonic() > deadline:
-            raise ChaosError(f"traffic {state['tag']} still running after {args.timeout:.0f} s")
-        time.sleep(2)
+    wait_for_traffic(state, args.timeout)
     records = [json.loads(line) for line in sh(sender, f"cat {state['out']}").stdout.splitlines() if line.strip()]
     acked = {r["message_id"] for r in records if r["code"] == 250 and r["queue_id"]}
     counts: dict[str, int] = {}
@@ -487,6 +499,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--vip", required=True)
     t.add_argument("--timeout", type=float, default=120)
     t.set_defaults(func=cmd_settle)
+
+    w = sub.add_parser("wait-traffic", help="wait until the numbered traffic has ended")
+    w.add_argument("exercise")
+    w.add_argument("--timeout", type=float, default=600)
+    w.set_defaults(func=cmd_wait_traffic)
 
     f = sub.add_parser("finish", help="count at the sink, write and print the figures")
     f.add_argument("exercise")

@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +45,25 @@ def test_sink_count_finds_copies_per_message_id_of_one_tag(tmp_path: Path) -> No
     store("6.tmp", "<run7-3@mailcount.test>")  # not stored yet
     (tmp_path / "7.eml").write_bytes(b"From: a@b.test\r\n\r\nMessage-ID: <run7-4@mailcount.test>\r\n")  # body only
     assert mailcount.stored_message_ids(tmp_path, "run7") == {"<run7-1@mailcount.test>": 2, "<run7-2@mailcount.test>": 1}
+
+
+def test_wait_for_traffic_polls_the_sender_unit_until_it_ends(monkeypatch) -> None:
+    answers = iter(["activating", "active", "inactive"])
+    asked: list[tuple[str, str]] = []
+
+    def fake_sh(node: str, command: str, check: bool = True, timeout: float = 60):
+        asked.append((node, command))
+        return subprocess.CompletedProcess(command, 0, stdout=next(answers) + "\n", stderr="")
+
+    monkeypatch.setattr(chaos, "sh", fake_sh)
+    monkeypatch.setattr(chaos.time, "sleep", lambda s: None)
+    state = {"sender": "sender", "unit": "mc-run7", "tag": "run7"}
+    chaos.wait_for_traffic(state, timeout=60)
+    assert asked == [("sender", "systemctl is-active mc-run7")] * 3
+
+    monkeypatch.setattr(chaos, "sh", lambda *a, **k: subprocess.CompletedProcess("", 0, stdout="active\n", stderr=""))
+    with pytest.raises(chaos.ChaosError, match="run7 still running after 0 s"):
+        chaos.wait_for_traffic(state, timeout=0)
 
 
 def test_report_marks_missing_and_stale_results_as_failed(tmp_path: Path, capsys) -> None:
