@@ -7,6 +7,7 @@ Postfix delivers anywhere but a lab sink.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -30,6 +31,14 @@ ARRIVALS = "/srv/sink/{name}.jsonl"
 
 def mx():
     return node(MX)
+
+
+def filter_plugin(name: str):
+    """The module of one of our filters (plugins/filter/NAME.py), to compute what a test expects."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "plugins" / "filter" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def install_mailcount() -> None:

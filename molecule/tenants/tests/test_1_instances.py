@@ -2,20 +2,12 @@
 limits from the tenant_slots filter, retry policies of their own, and every instance visible to
 the exporter and the queue plugins, labelled by instance."""
 
-import importlib.util
 import json
 
-from conftest import REPO, run_module, wait_for
-from tenant_lab import MX, PORT, declared_instances, mx
+from conftest import run_module, wait_for
+from tenant_lab import MX, PORT, declared_instances, filter_plugin, mx
 
 INSTANCES = ("postfix-transactional", "postfix-bulk")
-
-
-def _filter(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "plugins" / "filter" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _conf(instance: str) -> dict:
@@ -65,8 +57,8 @@ def test_each_queue_is_its_own_xfs_volume():
 
 def test_limits_come_from_tenant_slots_and_retries_from_each_policy():
     declared = {i["name"]: i for i in declared_instances()}
-    slots = _filter("tenant_slots").tenant_slots({n: i["weight"] for n, i in declared.items()}, 40, 4)
-    retry = _filter("retry_schedule").retry_schedule
+    slots = filter_plugin("tenant_slots").tenant_slots({n: i["weight"] for n, i in declared.items()}, 40, 4)
+    retry = filter_plugin("retry_schedule").retry_schedule
     print(f"\nslots: {slots}")
     assert sum(slots.values()) == 40
     for name, instance in declared.items():

@@ -7,10 +7,21 @@ import json
 import pytest
 
 from conftest import run_playbook, task_result, wait_for
-from tenant_lab import declared_instances, delivered_all, journal_cursor, master_pid, mx, reloads_since, send, start_sinks
+from tenant_lab import (declared_instances, delivered_all, filter_plugin, journal_cursor, master_pid, mx, reloads_since,
+                        send, start_sinks)
 
 RUNBOOK = "playbooks/runbooks/reweight-tenants.yml"
 INSTANCES = ("postfix-transactional", "postfix-bulk")
+EVEN = {"transactional": 1, "bulk": 1}
+
+
+def _slots(weights: dict) -> dict:
+    """What tenant_slots gives these weights with the scenario's 40 slots, at least 4 each."""
+    return filter_plugin("tenant_slots").tenant_slots(weights, 40, 4)
+
+
+def _as_limits(slots: dict) -> dict:
+    return {f"postfix-{name}": limit for name, limit in slots.items()}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,24 +46,24 @@ def _changed(outcome: dict) -> int:
 def test_reweight_moves_slots_by_reload_and_keeps_mail_flowing():
     declared = {i["name"]: i["weight"] for i in declared_instances()}
     assert declared == {"transactional": 3, "bulk": 1}
-    before = _limits()
-    print(f"\nlimits before: {before}")
-    assert before == {"postfix-transactional": 30, "postfix-bulk": 10}
+    before, even = _slots(declared), _slots(EVEN)
+    assert before != even, "the new weights must move slots, or this tests nothing"
+    print(f"\nlimits before: {_limits()}; tenant_slots: declared {before}, even {even}")
+    assert _limits() == _as_limits(before)
 
-    # Check mode shows the slots before and after and changes nothing.
-    preview = _reweight({"transactional": 1, "bulk": 1}, "--check")
+    # Check mode shows the slots declared and new, and changes nothing.
+    preview = _reweight(EVEN, "--check")
     shown = task_result(preview, "Show the process slots")["msg"]
     print(f"check mode: {shown}")
-    assert shown == {"declared": {"transactional": 30, "bulk": 10}, "new": {"transactional": 20, "bulk": 20}}
-    assert _limits() == before
+    assert shown == {"declared": before, "new": even}
+    assert _limits() == _as_limits(before)
 
     pids, cursor = {i: master_pid(i) for i in (*INSTANCES, "postfix")}, journal_cursor()
-    outcome = _reweight({"transactional": 1, "bulk": 1})
-    after = _limits()
-    print(f"limits after: {after}; changed tasks {_changed(outcome)}")
-    assert after == {"postfix-transactional": 20, "postfix-bulk": 20}
+    outcome = _reweight(EVEN)
+    print(f"limits after: {_limits()}; changed tasks {_changed(outcome)}")
+    assert _limits() == _as_limits(even)
     smtpd = mx().check_output("postconf -c /etc/postfix-bulk -M 2527/inet").split()
-    assert smtpd[6] == "20"
+    assert smtpd[6] == str(even["bulk"])
     # Applied by reloads: each changed instance logged one, every master kept its process.
     for instance in INSTANCES:
         wait_for(lambda i=instance: reloads_since(cursor, i) == 1, 30, f"{instance} to log its reload")
@@ -60,7 +71,7 @@ def test_reweight_moves_slots_by_reload_and_keeps_mail_flowing():
     assert reloads_since(cursor, "postfix") == 0, "the primary was reloaded"
 
     # The same weights again: nothing to do.
-    assert _changed(_reweight({"transactional": 1, "bulk": 1})) == 0
+    assert _changed(_reweight(EVEN)) == 0
 
     out = send("transactional", "after-reweight", 20, interval=0.05)
     wait_for(lambda: delivered_all("transactional", out), 60, "transactional mail after the reweight", 1)
@@ -73,7 +84,8 @@ def test_unknown_tenant_is_refused_and_the_declared_weights_come_back():
     refusal = task_result(outcome, "Check the arguments")
     print(f"\n{refusal['msg']}")
     assert "not declared: marketing" in refusal["msg"] and "(transactional, bulk)" in refusal["msg"]
-    assert _limits() == {"postfix-transactional": 20, "postfix-bulk": 20}
+    assert _limits() == _as_limits(_slots(EVEN))
 
-    _reweight({i["name"]: i["weight"] for i in declared_instances()})
-    assert _limits() == {"postfix-transactional": 30, "postfix-bulk": 10}
+    declared = {i["name"]: i["weight"] for i in declared_instances()}
+    _reweight(declared)
+    assert _limits() == _as_limits(_slots(declared))
