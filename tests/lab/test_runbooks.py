@@ -14,6 +14,7 @@ Skipped unless DMX_LAB_TESTS=1 (set by `make runbooks`) and the lab's containers
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -162,6 +163,7 @@ def queue(node: str) -> list[dict]:
     return [json.loads(line) for line in sh(node, "postqueue -j").stdout.splitlines() if line.strip()]
 
 
+@functools.cache  # once per node and run: sink_counts polls
 def install_mailcount(node: str) -> None:
     subprocess.run(["podman", "cp", str(MAILCOUNT), f"{PREFIX}{node}:/usr/local/bin/mailcount"], check=True)
 

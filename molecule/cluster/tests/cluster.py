@@ -8,6 +8,7 @@ and duplicated (extra copies of a Message-ID at the sink).
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import time
@@ -75,6 +76,7 @@ def wait_single_holder(timeout: float = 30) -> str:
     return holders[0]
 
 
+@functools.cache  # once per node and run: sink_counts polls
 def install_mailcount(name: str) -> None:
     subprocess.run(["podman", "cp", str(REPO / "tests" / "tools" / "mailcount.py"), f"{name}:/usr/local/bin/mailcount"],
                    check=True)
