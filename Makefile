@@ -11,7 +11,7 @@ export CONTAINERS_CONF := $(CURDIR)/files/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 0
 
-HOST_PACKAGES := podman runc netavark aardvark-dns debootstrap xfsprogs python3-venv git
+HOST_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap xfsprogs python3-venv git
 LAB_INVENTORY := inventories/lab/hosts.yml
 # Scenarios of `make test`; molecule/bench is the benchmark bed of `make bench`.
 SCENARIOS ?= default durable monitoring tenants cluster
