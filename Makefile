@@ -11,16 +11,22 @@ export CONTAINERS_CONF := $(CURDIR)/files/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 0
 
-HOST_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap xfsprogs python3-venv git
+# Host programs and their Debian packages: one table, tests/tools/host-programs.txt. make deps
+# installs its `apt` packages; the preflight checks every program in it before lab, test and bench.
+HOST_PACKAGES := $(shell bash $(CURDIR)/tests/tools/preflight.sh --packages)
+ifeq ($(strip $(HOST_PACKAGES)),)
+$(error no host packages from tests/tools/host-programs.txt (tests/tools/preflight.sh --packages failed))
+endif
 LAB_INVENTORY := inventories/lab/hosts.yml
 # Scenarios of `make test`; molecule/bench is the benchmark bed of `make bench`.
 SCENARIOS ?= default durable monitoring tenants cluster
 
-.PHONY: help deps host-packages lab lab-up lab-down lab-summary test lint unit rules molecule clean-stale bench runbooks chaos
+.PHONY: help deps host-packages preflight lab lab-up lab-down lab-summary test lint unit rules molecule clean-stale bench runbooks chaos
 
 help:
 	@echo "make lab        bring up the lab nodes and run site.yml against them"
 	@echo "make lab-down   remove the lab's containers, network, loop devices and disk files"
+	@echo "make preflight  check that every program lab, test and bench run on this host is there (they do it first)"
 	@echo "make test       yamllint, ansible-lint, unit tests, promtool rule tests, Molecule scenarios ($(SCENARIOS))"
 	@echo "make bench      benchmarks (printed figures and ratios, results/ as JSON)"
 	@echo "make runbooks   run every runbook (playbooks/runbooks/) against the running lab and check its effect"
@@ -35,13 +41,17 @@ host-packages:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
+# Run by lab, test, bench, runbooks, chaos and lab-down right after deps: is every host program they run there?
+preflight:
+	@VENV=$(VENV) bash tests/tools/preflight.sh
+
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
 	touch $@
 
-lab: deps lab-up
+lab: deps preflight lab-up
 	ansible-playbook -i $(LAB_INVENTORY) site.yml
 	@$(MAKE) --no-print-directory lab-summary
 
@@ -52,7 +62,7 @@ lab-summary:
 	@ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/summary.yml | sed -n '/==== LAB SUMMARY/,/==== END SUMMARY/p' | sed -E 's/^ {8}//'
 
 # The runbooks against the lab `make lab` brought up (tests/lab/test_runbooks.py); it leaves the lab running.
-runbooks: deps
+runbooks: deps preflight
 	DMX_LAB_TESTS=1 pytest -q -s tests/lab/test_runbooks.py
 
 # The chaos exercises on the running lab, in this order (docs/chaos.md); each writes
@@ -61,7 +71,7 @@ runbooks: deps
 CHAOS ?= kill-node power-cut volume-full dns-servfail dns-corrupt milter-down partition
 LAB_NODES := mx1 mx2 backup-mx ns1 sink sender mon1
 
-chaos: deps
+chaos: deps preflight
 	@for n in $(LAB_NODES); do \
 	  [ "$$(podman inspect -f '{{.State.Running}}' dmx-lab-$$n 2>/dev/null)" = true ] \
 	    || { echo "the lab is not up (dmx-lab-$$n is not running): run make lab first" >&2; exit 1; }; \
@@ -74,10 +84,10 @@ chaos: deps
 	python tests/tools/chaos.py --state-dir results/chaos report --exercises "$$(echo $(CHAOS) | tr ' ' ,)" --since $$since || rc=1; \
 	exit $$rc
 
-lab-down: deps
+lab-down: deps preflight
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab/down.yml
 
-test: deps lint rules unit molecule
+test: deps preflight lint rules unit molecule
 
 lint:
 	yamllint --strict .
@@ -103,7 +113,7 @@ clean-stale:
 BENCH ?= acceptance queue_read exporter
 BENCH_OWN_BED ?= tenants
 
-bench: deps clean-stale
+bench: deps preflight clean-stale
 	@mkdir -p results
 	molecule create -s bench && molecule prepare -s bench && molecule converge -s bench \
 	  && for b in $(BENCH); do echo "=== bench/$$b.py"; python bench/$$b.py --json results/bench-$$b.json || exit 1; done; \
