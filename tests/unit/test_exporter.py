@@ -146,10 +146,11 @@ def test_every_metric_of_the_contract_is_served(exporter):
         "durablemx_smtpd_connections_total", "durablemx_smtpd_rejects_total",
         "durablemx_delivery_delay_seconds_bucket", "durablemx_delivery_delay_seconds_count",
         "durablemx_delivery_delay_seconds_sum", "durablemx_queue_volume_free_bytes", "durablemx_queue_volume_size_bytes",
-        "durablemx_queue_volume_free_inodes", "durablemx_queue_volume_inodes", "durablemx_queue_snapshot_age_seconds",
+        "durablemx_queue_volume_free_inodes", "durablemx_queue_volume_inodes", "durablemx_queue_volume_shutdown",
+        "durablemx_queue_snapshot_age_seconds",
         "durablemx_queue_read_duration_seconds", "durablemx_queue_read_errors_total", "durablemx_scrape_errors_total",
         "durablemx_log_lines_total", "durablemx_log_parse_errors_total", "durablemx_vip_held",
-    }  # the integrity metrics appear once a report exists (test_integrity_report)
+    }  # the integrity and health guard metrics appear once their files exist (test_integrity_report, test_health_*)
 
 
 # --------------------------------------------------------------------------
@@ -318,6 +319,37 @@ def test_integrity_report(tmp_path, spool):
     assert _get(samples, "durablemx_queue_volume_inodes", postfix_instance="postfix") > 0  # the rest still served
 
 
+@pytest.mark.parametrize("state, writable, fenced", [
+    ("status=ok\nerror=\nfenced_at=\n", 1, 0),
+    ("status=failed\nerror=Input/output error\nfenced_at=1795899001.5\n", 0, 1),
+    ("status=stopped\nerror=\nfenced_at=\n", None, 0),  # nothing probed while stopped
+])
+def test_health_guard_state(tmp_path, spool, state, writable, fenced):
+    (tmp_path / "postfix.state").write_text("time=%f\n%s" % (CAPTURED_AT - 3, state))
+    exporter = exp.Exporter(_config(spool, health_state_dir=str(tmp_path)), clock=lambda: CAPTURED_AT)
+    samples, _ = _scrape(exporter)
+    assert _get(samples, "durablemx_health_probe_age_seconds", postfix_instance="postfix") == pytest.approx(3)
+    assert _get(samples, "durablemx_instance_fenced", postfix_instance="postfix") == fenced
+    assert _series(samples, "durablemx_queue_volume_writable") == ({} if writable is None else {
+        frozenset({("postfix_instance", "postfix")}): writable})
+    assert _get(samples, "durablemx_queue_volume_shutdown", postfix_instance="postfix") == 0
+
+
+def test_health_without_a_guard_state_and_a_shut_down_volume(monkeypatch, spool):
+    exporter = exp.Exporter(_config(spool, health_state_dir="/nonexistent"), clock=lambda: CAPTURED_AT)
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path) == str(spool):
+            raise OSError(5, "Input/output error")  # what XFS answers once it shut down
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(exp.os, "stat", stat)
+    samples, _ = _scrape(exporter)
+    assert _get(samples, "durablemx_queue_volume_shutdown", postfix_instance="postfix") == 1
+    assert not _series(samples, "durablemx_instance_fenced") and not _series(samples, "durablemx_queue_volume_writable")
+
+
 def test_integrity_report_path_is_the_one_of_the_postfix_unit_drop_in():
     """roles/postfix runs durable-mx-queue-integrity --instance %i --report /run/durable-mx/integrity-%i.json."""
     dropin = (ROOT / "roles/postfix/templates/etc/systemd/system/postfix@.service.d/durable-mx-integrity.conf.j2").read_text()
@@ -432,7 +464,8 @@ def test_config_defaults():
     assert cfg["listen_port"] == 9154 and cfg["log_source"] == "journald" and cfg["top_n"] == 10
     assert cfg["instances"] == [{"name": "postfix", "mail_class": "transactional", "config_dir": "/etc/postfix",
                                  "queue_directory": "/var/spool/postfix",
-                                 "integrity_report": "/run/durable-mx/integrity--.json"}]
+                                 "integrity_report": "/run/durable-mx/integrity--.json",
+                                 "health_state": "/run/durable-mx/health/postfix.state"}]
 
 
 @pytest.mark.parametrize("raw,message", [
@@ -477,7 +510,9 @@ def test_served_names_are_the_monitoring_contract(tmp_path, spool):
     report_dir = tmp_path / "run"
     report_dir.mkdir()
     (report_dir / "integrity--.json").write_text(json.dumps({"suspects": [], "misplaced": [], "finished_at": 1.0}))
-    exporter = exp.Exporter(_config(spool, vips=["10.88.0.6"], integrity_report_dir=str(report_dir)),
+    (report_dir / "postfix.state").write_text("time=1795899000\nstatus=ok\nerror=\nfenced_at=\n")
+    exporter = exp.Exporter(_config(spool, vips=["10.88.0.6"], integrity_report_dir=str(report_dir),
+                                    health_state_dir=str(report_dir)),
                             ip_json=lambda vips: IP_J_4, clock=lambda: CAPTURED_AT)
     exporter.monitors[0].refresh()
     samples, _ = _scrape(exporter)
