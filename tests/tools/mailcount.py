@@ -104,6 +104,7 @@ def send_worker(args: argparse.Namespace, numbers: Iterator[int], lock: threadin
                 time.sleep(wait)
         message_id, digest, data = build_message(args.tag, n, args.sender, args.rcpt, args.size)
         record = {"n": n, "message_id": message_id, "sha256": digest, "code": None, "reply": "", "queue_id": None}
+        began = time.monotonic()
         try:
             if client is None:
                 client = smtplib.SMTP(args.host, args.port, timeout=args.timeout)
@@ -132,6 +133,8 @@ def send_worker(args: argparse.Namespace, numbers: Iterator[int], lock: threadin
                     pass
             client = None
             time.sleep(args.reconnect_delay)
+        # How long the client waited for this message's outcome (connect included): a hung session shows here.
+        record["seconds"] = round(time.monotonic() - began, 3)
         out.write(record)
         if args.delay:
             time.sleep(args.delay)

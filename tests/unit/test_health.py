@@ -171,6 +171,24 @@ def test_the_guard_fences_an_instance_whose_volume_fails(instance, error):
     assert "fenced postfix@-.service" in (instance["tmp"] / "logger.calls").read_text()
 
 
+def test_the_check_fences_before_it_fails_when_asked(instance):
+    """keepalived's check (--fence) ends the sessions before the VIP leaves: else they hang half-open."""
+    result = _run(instance, "--timeout", "1", "--fence", dd_error="Input/output error")
+    assert result.returncode == 1 and "(fenced)" in result.stdout, result.stdout
+    calls = (instance["tmp"] / "systemctl.calls").read_text().splitlines()
+    assert calls == ["kill --signal=SIGKILL postfix@-.service"], calls
+    assert (instance["tmp"] / "state" / "postfix.fenced").exists()
+    # The guard sees the same fence and does not kill again.
+    state = _guard(instance, "Input/output error")
+    assert state["fenced_at"] and (instance["tmp"] / "systemctl.calls").read_text().splitlines() == calls
+
+
+def test_the_check_does_not_fence_unless_asked(instance):
+    result = _run(instance, "--timeout", "1", dd_error="Input/output error")
+    assert result.returncode == 1 and "(fenced)" not in result.stdout
+    assert not (instance["tmp"] / "systemctl.calls").exists()
+
+
 def test_the_guard_does_not_fence_a_full_volume(instance):
     state = _guard(instance, "No space left on device")
     assert state["status"] == "failed" and not state["fenced_at"]
