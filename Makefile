@@ -68,7 +68,7 @@ runbooks: deps preflight
 # The chaos exercises on the running lab, in this order (docs/chaos.md); each writes
 # results/chaos/<exercise>.json, then report.md and report.json sum them up. Fails if any exercise
 # failed, lost or duplicated mail.
-CHAOS ?= kill-node power-cut volume-full dns-servfail dns-corrupt milter-down partition
+CHAOS ?= kill-node power-cut disk-failure-light disk-failure-steady volume-full dns-servfail dns-corrupt milter-down partition
 LAB_NODES := mx1 mx2 backup-mx ns1 sink sender mon1
 
 chaos: deps preflight
@@ -79,7 +79,8 @@ chaos: deps preflight
 	@mkdir -p results/chaos
 	@since=$$(date -u +%Y-%m-%dT%H:%M:%SZ); rc=0; \
 	for e in $(CHAOS); do \
-	  echo "=== chaos $$e"; ansible-playbook -i $(LAB_INVENTORY) playbooks/chaos/$$e.yml -e confirm=yes || rc=1; \
+	  case $$e in disk-failure-*) pb=disk-failure; load="-e load=$${e#disk-failure-}" ;; *) pb=$$e; load= ;; esac; \
+	  echo "=== chaos $$e"; ansible-playbook -i $(LAB_INVENTORY) playbooks/chaos/$$pb.yml -e confirm=yes $$load || rc=1; \
 	done; \
 	python tests/tools/chaos.py --state-dir results/chaos report --exercises "$$(echo $(CHAOS) | tr ' ' ,)" --since $$since || rc=1; \
 	exit $$rc

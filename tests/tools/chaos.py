@@ -172,7 +172,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     unit = f"mc-{tag}"
     sh(args.sender, f"systemd-run --quiet --collect --unit {unit} python3 {NODE_MAILCOUNT} send --host {args.host} "
                     f"--port {args.port} --count {args.count} --interval {args.interval} --rcpt {args.rcpt} "
-                    f"--tag {tag} --timeout 20 --reconnect-delay 0.5 --out {out}")
+                    f"--tag {tag} --timeout {args.session_timeout} --parallel {args.parallel} --reconnect-delay 0.5 --out {out}")
     state = {"exercise": args.exercise, "tag": tag, "sender": args.sender, "sink": args.sink, "unit": unit,
              "out": out, "target": f"{args.host}:{args.port}", "started": time.time(), "events": {}}
     save_state(args, state)
@@ -188,7 +188,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_mark(args: argparse.Namespace) -> int:
     state = load_state(args)
-    state["events"][args.event] = time.time()
+    state["events"][args.event] = args.at if args.at else time.time()
     if args.note:
         state.setdefault("notes", []).append(args.note)
     save_state(args, state)
@@ -359,6 +359,8 @@ def cmd_finish(args: argparse.Namespace) -> int:
         "lost": len(lost),
         "duplicated": sum(n - 1 for n in counts.values()),
         "unexpected": len(set(counts) - acked),  # delivered without a 250 (the client saw an error)
+        # The longest wait of a client for one message's outcome: a session that hangs shows here.
+        "longest_session_s": max((r.get("seconds", 0.0) for r in records), default=None),
         "time_to_detect_s": since_fault(detected["at"]) if detected else None,
         "detect_signal": detected["signal"] if detected else None,
         "time_to_mitigate_s": since_fault(events.get("mitigated")),
@@ -404,6 +406,7 @@ def figures_line(r: dict) -> str:
     return (f"[{r['exercise']}] detect={s(r['time_to_detect_s'])} ({r['detect_signal']}) "
             f"mitigate={s(r['time_to_mitigate_s'])} ({r['mitigation']}) sent={r['sent']} acked={r['acked']} "
             f"delivered={r['delivered']} lost={r['lost']} duplicated={r['duplicated']} "
+            f"longest_session={s(r.get('longest_session_s'))} "
             f"events={json.dumps(r['events_s'])} {'PASS' if r['passed'] else 'FAIL'}")
 
 
@@ -460,6 +463,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rcpt", required=True)
     s.add_argument("--count", type=int, default=300)
     s.add_argument("--interval", type=float, default=0.2, help="one message every INTERVAL s")
+    s.add_argument("--parallel", type=int, default=1, help="concurrent SMTP sessions")
+    s.add_argument("--session-timeout", type=float, default=20,
+                   help="the client's SMTP timeout (a sending MTA waits up to 600 s: a hang shows as a long session)")
     s.add_argument("--warmup", type=int, default=20, help="acknowledged messages to wait for before returning")
     s.add_argument("--timeout", type=float, default=120)
     s.set_defaults(func=cmd_start)
@@ -468,6 +474,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("exercise")
     m.add_argument("event")
     m.add_argument("--note", default="")
+    m.add_argument("--at", type=float, default=0.0, help="when it happened (epoch s, as a node recorded it); default now")
     m.set_defaults(func=cmd_mark)
 
     o = sub.add_parser("observe", help="wait for detection (and VIP failover)")

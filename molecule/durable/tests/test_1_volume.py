@@ -61,21 +61,24 @@ def test_existing_queue_was_migrated_without_loss():
 
 
 def test_postfix_refuses_to_start_without_its_queue_volume():
-    """With the queue volume unmounted, Postfix does not start on the bare directory beneath it."""
+    """With the queue volume unmounted and its mount unit unable to mount it, Postfix does not start
+    on the bare directory beneath it. (A mountable volume is mounted by the start: the boot path.)"""
     mx = node("dmx-durable-mx")
-    # The exporter's private mount namespace holds the volume too: stop it with Postfix.
-    mx.check_output("systemctl stop postfix durable-mx-exporter")
+    mount_unit = mx.check_output(f"systemd-escape --path --suffix=mount {QUEUE}")
+    mx.check_output("systemctl stop postfix")
     try:
         # Postfix's last processes may still be exiting right after the stop: retry a busy umount.
         mx.check_output(f"for i in $(seq 20); do umount {QUEUE} && exit 0; sleep 0.5; done; exit 1")
+        mx.check_output(f"systemctl mask --runtime {mount_unit}")  # the volume cannot be mounted now
         start = mx.run("systemctl start postfix@-.service")
         state = mx.run("systemctl is-active postfix@-.service").stdout.strip()
         listeners = mx.run("ss -Hltn 'sport = :25'").stdout.strip()
         print(f"\nqueue volume unmounted: start rc={start.rc}, postfix@- {state}, port 25 listeners: {listeners or 'none'}")
         assert start.rc != 0 and state != "active" and not listeners
     finally:
-        mx.run(f"mountpoint -q {QUEUE} || mount {QUEUE}")
-        mx.check_output("systemctl start postfix durable-mx-exporter")
+        mx.run(f"systemctl unmask --runtime {mount_unit}")
+        mx.check_output(f"systemctl start {mount_unit}")
+        mx.check_output("systemctl start postfix")
     assert mx.check_output("systemctl is-active postfix@-.service") == "active"
     assert mx.check_output(f"findmnt -n -o SOURCE {QUEUE}") == "/dev/vdb"
 
