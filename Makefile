@@ -79,8 +79,7 @@ chaos: deps preflight
 	@mkdir -p results/chaos
 	@since=$$(date -u +%Y-%m-%dT%H:%M:%SZ); rc=0; \
 	for e in $(CHAOS); do \
-	  case $$e in disk-failure-*) pb=disk-failure; load="-e load=$${e#disk-failure-}" ;; *) pb=$$e; load= ;; esac; \
-	  echo "=== chaos $$e"; ansible-playbook -i $(LAB_INVENTORY) playbooks/chaos/$$pb.yml -e confirm=yes $$load || rc=1; \
+	  echo "=== chaos $$e"; ansible-playbook -i $(LAB_INVENTORY) playbooks/chaos/$$e.yml -e confirm=yes || rc=1; \
 	done; \
 	python tests/tools/chaos.py --state-dir results/chaos report --exercises "$$(echo $(CHAOS) | tr ' ' ,)" --since $$since || rc=1; \
 	exit $$rc

@@ -190,6 +190,8 @@ _MODULE_PROGRAMS = {"containers.podman.": "podman"}
 # Magic variables that name a program: the Python that runs Ansible is the venv's interpreter.
 _MAGIC = {"ansible_playbook_python": "python"}
 _JINJA_HEAD = re.compile(r"\{\{\s*([A-Za-z_]\w*)[^}]*\}\}(\S*)")
+# `env NAME=value ... program`: the assignments (a value may hold a {{ var }} with spaces).
+_ENV_PREFIX = re.compile(r"env\s+(?:[A-Za-z_]\w*=(?:\{\{[^}]*\}\}|\S)*\s+)*")
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
 
 
@@ -216,6 +218,9 @@ class AnsibleScan:
     def command_programs(self, command: str, seen: tuple[str, ...] = ()) -> list[str]:
         """The program a command line starts with; a leading {{ var }} is looked up."""
         command = str(command).strip()
+        env = _ENV_PREFIX.match(command)
+        if env:
+            return ["env"] + self.command_programs(command[env.end():], seen)
         head = _JINJA_HEAD.match(command)
         if not head:
             return [Path(command.split()[0]).name] if command.split() else []

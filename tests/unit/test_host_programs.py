@@ -302,6 +302,7 @@ def test_ansible_reader(tmp_path: Path) -> None:
             - ansible.builtin.command:
                 cmd: truncate -s 1G f
             - ansible.builtin.command: "{{ unknown_command }} x"
+            - ansible.builtin.command: "env A={{ a | b }}/c B=1 {{ some_dir }}/ansible-playbook x.yml"
             - ansible.builtin.command: xfs_io -x -c shutdown /q
               delegate_to: mx1
         - hosts: mx
@@ -311,7 +312,7 @@ def test_ansible_reader(tmp_path: Path) -> None:
               delegate_to: localhost
         """))
     found = [p for _, p in host_scan.scan_ansible([playbook], [])]
-    assert found == ["python", "podman", "truncate", "{{ unknown_command }}", "curl"]
+    assert found == ["python", "podman", "truncate", "{{ unknown_command }}", "env", "ansible-playbook", "curl"]
 
 
 # ------------------------------------------------------------------------------- the preflight
