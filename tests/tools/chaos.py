@@ -7,6 +7,7 @@ checks through `podman exec`, copies per Message-ID counted at the sink.
 
   start    copy mailcount into the sender and the sink, start numbered traffic in the sender
            (a transient unit) and wait until part of it is acknowledged
+  boot     start a killed node's container, no playbook; wait for its first 250 on its own address
   mark     record the time of an event of the exercise (fault, healed, mitigated, recovered ...)
   observe  after the fault: poll until detected (first pending/firing alert of the given names in
            Prometheus, or the first failed health check) and, with --vip-away, until the VIP sits
@@ -117,6 +118,21 @@ def smtp_ok(sender: str, address: str, port: int = 25) -> bool:
         return False
 
 
+def smtp_accepts(sender: str, address: str, rcpt: str, message_id: str) -> bool:
+    """address:25 acknowledges (250) one small message, as seen from the sender node within 10 s."""
+    probe = ("import smtplib,sys\n"
+             f"m = 'From: probe@mailcount.test\\r\\nTo: {rcpt}\\r\\nMessage-ID: {message_id}\\r\\nSubject: boot probe\\r\\n\\r\\nprobe\\r\\n'\n"
+             "try:\n"
+             f"    c = smtplib.SMTP('{address}', 25, timeout=5); c.sendmail('probe@mailcount.test', ['{rcpt}'], m); c.quit()\n"
+             "except (OSError, smtplib.SMTPException):\n"
+             "    sys.exit(1)\n")
+    try:
+        return subprocess.run(["podman", "exec", sender, "python3", "-c", probe], capture_output=True,
+                              timeout=15).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def dns_ok(server: str, name: str, expect: list[str]) -> bool:
     """The MX set of `name` at `server` answers NOERROR with exactly the expected exchanges."""
     import dns.exception
@@ -193,6 +209,26 @@ def cmd_mark(args: argparse.Namespace) -> int:
         state.setdefault("notes", []).append(args.note)
     save_state(args, state)
     print(json.dumps({args.event: round(state["events"][args.event] - state["events"].get("fault", state["started"]), 1)}))
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    """Start a killed node's container (its boot: systemd, the queue volume's mount unit, the
+    integrity scan, Postfix, keepalived), run no playbook, and wait until the node acknowledges a
+    message on its own address. Records `booted` and `serving` (the first 250)."""
+    state = load_state(args)
+    state["events"]["booted"] = time.time()
+    save_state(args, state)
+    subprocess.run(["podman", "start", args.container], check=True, capture_output=True)
+    message_id = f"<boot-probe-{state['tag']}@mailcount.test>"  # not the run's tag: not counted with it
+    deadline = time.monotonic() + args.timeout
+    while not smtp_accepts(state["sender"], args.address, args.rcpt, message_id):
+        if time.monotonic() > deadline:
+            raise ChaosError(f"{args.container} acknowledged nothing on {args.address}:25 within {args.timeout:.0f} s of its boot")
+        time.sleep(0.2)
+    state["events"]["serving"] = time.time()
+    save_state(args, state)
+    print(json.dumps({"boot_to_first_250_s": round(state["events"]["serving"] - state["events"]["booted"], 1)}))
     return 0
 
 
@@ -364,6 +400,8 @@ def cmd_finish(args: argparse.Namespace) -> int:
         "time_to_detect_s": since_fault(detected["at"]) if detected else None,
         "detect_signal": detected["signal"] if detected else None,
         "time_to_mitigate_s": since_fault(events.get("mitigated")),
+        "boot_to_first_250_s": (round(events["serving"] - events["booted"], 1)
+                                if "serving" in events and "booted" in events else None),
         "mitigation": args.mitigation,
         "events_s": {name: since_fault(at) for name, at in sorted(events.items(), key=lambda kv: kv[1])},
         "delivery_wait_s": round(time.monotonic() - waited, 1),
@@ -406,7 +444,7 @@ def figures_line(r: dict) -> str:
     return (f"[{r['exercise']}] detect={s(r['time_to_detect_s'])} ({r['detect_signal']}) "
             f"mitigate={s(r['time_to_mitigate_s'])} ({r['mitigation']}) sent={r['sent']} acked={r['acked']} "
             f"delivered={r['delivered']} lost={r['lost']} duplicated={r['duplicated']} "
-            f"longest_session={s(r.get('longest_session_s'))} "
+            f"longest_session={s(r.get('longest_session_s'))} boot_to_first_250={s(r.get('boot_to_first_250_s'))} "
             f"events={json.dumps(r['events_s'])} {'PASS' if r['passed'] else 'FAIL'}")
 
 
@@ -493,6 +531,14 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--interval", type=float, default=1.0)
     o.add_argument("--timeout", type=float, default=300)
     o.set_defaults(func=cmd_observe)
+
+    b = sub.add_parser("boot", help="start a killed node's container, wait for its first 250 (no playbook)")
+    b.add_argument("exercise")
+    b.add_argument("--container", required=True)
+    b.add_argument("--address", required=True, help="the node's own address (not the VIP)")
+    b.add_argument("--rcpt", required=True)
+    b.add_argument("--timeout", type=float, default=180)
+    b.set_defaults(func=cmd_boot)
 
     v = sub.add_parser("vip", help="the primary holding the VIP")
     v.add_argument("--primaries", required=True)

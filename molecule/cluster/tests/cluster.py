@@ -82,11 +82,13 @@ def install_mailcount(name: str) -> None:
                    check=True)
 
 
-def start_send(host: str, tag: str, count: int, delay: float = 0.0, parallel: int = 1) -> subprocess.Popen:
-    """Start sending `count` numbered messages from the sender node to host:25 in the background."""
+def start_send(host: str, tag: str, count: int, delay: float = 0.0, parallel: int = 1,
+               timeout: float = 20) -> subprocess.Popen:
+    """Start sending `count` numbered messages from the sender node to host:25 in the background
+    (`timeout`: the client's patience per SMTP step)."""
     install_mailcount(SENDER)
     command = (f"{MAILCOUNT} send --host {host} --count {count} --rcpt {RCPT} --tag {tag} --delay {delay} "
-               f"--parallel {parallel} --timeout 20 --reconnect-delay 0.1 --out /root/{tag}.jsonl")
+               f"--parallel {parallel} --timeout {timeout} --reconnect-delay 0.1 --out /root/{tag}.jsonl")
     return subprocess.Popen(["podman", "exec", SENDER, "sh", "-c", command], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -174,3 +176,12 @@ def watched_at(process: subprocess.Popen, what: str) -> float:
 def stop_postfix_at(name: str) -> float:
     """Stop Postfix on a node; the epoch time at which the stop began (node clock = host clock)."""
     return float(sh(name, "date +%s.%N; systemctl stop postfix").stdout.split()[0])
+
+
+def transition_time(name: str, state: str, after: float) -> float | None:
+    """Epoch time of the first `state` transition logged by keepalived's notify script after `after`."""
+    for line in sh(name, "cat /var/log/keepalived-transitions/transitions.log").stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[3] == state and float(fields[0]) >= after:
+            return float(fields[0])
+    return None

@@ -5,18 +5,9 @@ message, by the outside sender's Postfix, which retries)."""
 import time
 
 from cluster import (PRIMARIES, SENDER, VIP, figures, finish_send, postfix, sh, start_send, stop_postfix_at,
-                     wait_delivered, wait_single_holder, watch_vip, watched_at)
+                     transition_time, wait_delivered, wait_single_holder, watch_vip, watched_at)
 
 SWITCH_TARGET = 3.0
-
-
-def _transition_time(name: str, state: str, after: float) -> float | None:
-    """Epoch time of the first `state` transition logged by keepalived's notify script after `after`."""
-    for line in sh(name, "cat /var/log/keepalived-transitions/transitions.log").stdout.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[3] == state and float(fields[0]) >= after:
-            return float(fields[0])
-    return None
 
 
 def _after(at: float | None, start: float) -> str:
@@ -42,8 +33,8 @@ def test_vip_moves_to_the_peer_when_postfix_stops_on_the_holder():
     gone_at = watched_at(released, "the VIP to leave the holder")
     there_at = watched_at(acquired, "the VIP to reach the peer")
     switch = there_at - stopped
-    master_at = _transition_time(peer, "MASTER", stopped)
-    fault_at = _transition_time(holder, "FAULT", stopped)
+    master_at = transition_time(peer, "MASTER", stopped)
+    fault_at = transition_time(holder, "FAULT", stopped)
 
     records = finish_send(direct, tag)
     mta_records = finish_send(mta, mta_tag)
