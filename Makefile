@@ -110,7 +110,7 @@ clean-stale:
 # Benchmarks: printed ratios against baselines measured in the same run, never asserted.
 # One bench bed (molecule/bench) serves every script in BENCH; results/ keeps the JSON.
 # The scripts in BENCH_OWN_BED bring up (and remove) a Molecule scenario of their own.
-BENCH ?= acceptance queue_read exporter
+BENCH ?= acceptance queue_read exporter boot
 BENCH_OWN_BED ?= tenants
 
 bench: deps preflight clean-stale
