@@ -127,7 +127,7 @@ def smtp_accepts(sender: str, address: str, rcpt: str, message_id: str) -> bool:
              "except (OSError, smtplib.SMTPException):\n"
              "    sys.exit(1)\n")
     try:
-        return subprocess.run(["podman", "exec", sender, "python3", "-c", probe], capture_output=True,
+        return subprocess.run(["podman", "exec", PREFIX + sender, "python3", "-c", probe], capture_output=True,
                               timeout=15).returncode == 0
     except subprocess.TimeoutExpired:
         return False

@@ -104,3 +104,28 @@ def test_every_exercise_of_make_chaos_has_a_playbook_with_the_lab_guard() -> Non
     for name in exercises:
         text = (REPO / "playbooks" / "chaos" / f"{name}.yml").read_text()
         assert f"chaos_exercise: {name}" in text and "tasks/guard.yml" in text, name
+
+
+def test_boot_probes_from_the_sender_container_until_a_250(monkeypatch, tmp_path: Path) -> None:
+    """boot starts the container, then sends from the sender's container (inventory name + the
+    lab prefix) until a message is acknowledged, and records booted and serving."""
+    calls: list[list[str]] = []
+    answers = iter([1, 1, 0])  # refused twice (still booting), then 250
+
+    def fake_run(argv, **kwargs):
+        calls.append(argv)
+        code = next(answers) if argv[:2] == ["podman", "exec"] else 0
+        return subprocess.CompletedProcess(argv, code, stdout="", stderr="")
+
+    monkeypatch.setattr(chaos.subprocess, "run", fake_run)
+    monkeypatch.setattr(chaos.time, "sleep", lambda s: None)
+    args = chaos.parser().parse_args(["--state-dir", str(tmp_path), "boot", "kill-node", "--container", "dmx-lab-mx1",
+                                      "--address", "10.0.0.11", "--rcpt", "a@b.test"])
+    chaos.save_state(args, {"exercise": "kill-node", "tag": "t", "sender": "sender", "events": {"fault": 1.0}})
+    assert args.func(args) == 0
+    assert calls[0] == ["podman", "start", "dmx-lab-mx1"]
+    probes = [c for c in calls if c[:2] == ["podman", "exec"]]
+    assert len(probes) == 3 and all(c[2] == chaos.PREFIX + "sender" for c in probes)
+    assert "10.0.0.11" in probes[0][-1] and "a@b.test" in probes[0][-1]
+    events = chaos.load_state(args)["events"]
+    assert events["serving"] >= events["booted"]
