@@ -68,7 +68,7 @@ runbooks: deps preflight
 # The chaos exercises on the running lab, in this order (docs/chaos.md); each writes
 # results/chaos/<exercise>.json, then report.md and report.json sum them up. Fails if any exercise
 # failed, lost or duplicated mail.
-CHAOS ?= kill-node power-cut disk-failure-light disk-failure-steady volume-full dns-servfail dns-corrupt milter-down partition
+CHAOS ?= disk-failure-steady disk-failure-light kill-node power-cut volume-full dns-servfail dns-corrupt milter-down partition
 LAB_NODES := mx1 mx2 backup-mx ns1 sink sender mon1
 
 chaos: deps preflight
