@@ -62,14 +62,16 @@ def test_keepalived_runs_with_script_security_and_a_real_smtp_check():
         assert "enable_script_security" in conf and "unicast_peer" in conf
         assert not [line for line in conf.splitlines() if line.strip().startswith("auth_pass")], "password in keepalived.conf"
         assert sh(name, "stat -c '%a %U' /etc/keepalived/vrrp-auth.conf").stdout.split() == ["600", "root"]
-        # The track script passes against the live Postfix, as the script user...
-        out = sh(name, "runuser -u keepalived_script -- /usr/local/sbin/durable-mx-health --timeout 1 postfix").stdout
+        # The track script runs as root (master.pid is 0600), from a file only root may change...
+        assert 'user root' in conf and "durable-mx-health --quiet --fence" in conf
+        assert sh(name, "stat -c '%U %a' /usr/local/sbin/durable-mx-health").stdout.split() == ["root", "755"]
+        # ...passes against the live Postfix...
+        out = sh(name, "/usr/local/sbin/durable-mx-health --timeout 1 postfix").stdout
         assert out.startswith("postfix: ok") and "write+fsync" in out, out
         # ...and fails against an instance whose SMTP listener does not answer (a copy pointing at port 9).
         sh(name, "sed 's/^smtp_port=.*/smtp_port=9/; s/^name=.*/name=deaf/' /etc/durable-mx/health.d/postfix.conf"
                  " > /run/deaf.conf")
-        bad = sh(name, "runuser -u keepalived_script -- env DMX_HEALTH_CONF_DIR=/run /usr/local/sbin/durable-mx-health"
-                       " --timeout 1 deaf", check=False)
+        bad = sh(name, "env DMX_HEALTH_CONF_DIR=/run /usr/local/sbin/durable-mx-health --timeout 1 deaf", check=False)
         assert bad.returncode == 1 and "SMTP 127.0.0.1:9" in bad.stdout, bad.stdout
 
 
