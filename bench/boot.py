@@ -19,18 +19,19 @@ import subprocess
 import sys
 import time
 
-from queue_read import NODE, QUEUE, RCPT, count, drop_caches, fill, sh, timed_shell
+import queue_read
+from queue_read import QUEUE, count, drop_caches, fill, sh, timed_shell
 
 MOUNT_UNIT = "var-spool-postfix.mount"
 INSTANCE_UNIT = "postfix@-.service"
 REPORT = "/run/durable-mx/integrity--.json"
 
-# Runs in the node: one message to 127.0.0.1:25; exit 0 on its 250.
-PROBE = f"""
+# Runs in the node: one message to 127.0.0.1:25 for RCPT (argv[1]); exit 0 on its 250.
+PROBE = """
 import smtplib, sys
 try:
     with smtplib.SMTP('127.0.0.1', 25, timeout=5) as client:
-        client.sendmail('boot@client.test', ['{RCPT}'], 'Subject: boot probe\\r\\n\\r\\nprobe\\r\\n')
+        client.sendmail('boot@client.test', [sys.argv[1]], 'Subject: boot probe\\r\\n\\r\\nprobe\\r\\n')
 except (OSError, smtplib.SMTPException):
     sys.exit(1)
 """
@@ -47,15 +48,15 @@ def unit_times(unit: str) -> tuple[float, float]:
     return begun, active
 
 
-def crash_and_boot(timeout: float) -> dict:
-    podman("kill", "--signal", "KILL", NODE)
+def crash_and_boot(node: str, rcpt: str, timeout: float) -> dict:
+    podman("kill", "--signal", "KILL", node)
     drop_caches()  # after the kill: nothing of the queue stays cached, as after a power cut
     booted = time.time()
-    podman("start", NODE)
+    podman("start", node)
     deadline = time.monotonic() + timeout
-    while subprocess.run(["podman", "exec", NODE, "python3", "-c", PROBE], capture_output=True).returncode != 0:
+    while subprocess.run(["podman", "exec", node, "python3", "-c", PROBE, rcpt], capture_output=True).returncode != 0:
         if time.monotonic() > deadline:
-            raise SystemExit(f"{NODE} acknowledged nothing within {timeout:.0f} s of its boot")
+            raise SystemExit(f"{node} acknowledged nothing within {timeout:.0f} s of its boot")
         time.sleep(0.1)
     first_250 = time.time()
     mount_begun, mount_done = unit_times(MOUNT_UNIT)
@@ -78,13 +79,19 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--node", default=queue_read.NODE,
+                        help="the container (default: the bench bed's durable node; a lab primary works too)")
+    parser.add_argument("--rcpt", default=queue_read.RCPT,
+                        help="recipient of the queued mail: one the node defers (on the lab: a domain outside it, "
+                             "which goes to the retry: transport and is never delivered)")
     args = parser.parse_args()
+    queue_read.NODE, queue_read.RCPT = args.node, args.rcpt  # queue_read's helpers read these
 
     fill(args.messages)
     queued = count("deferred")
     drop_caches()
     find_cold = timed_shell(f"find {QUEUE}/deferred {QUEUE}/defer -type f")
-    runs = [crash_and_boot(args.timeout) for _ in range(args.repeat)]
+    runs = [crash_and_boot(args.node, args.rcpt, args.timeout) for _ in range(args.repeat)]
     median = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "scanned"}
     results = {"messages": queued, "find_cold": find_cold, "median": median, "runs": runs}
 
