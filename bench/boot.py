@@ -42,9 +42,12 @@ def podman(*args: str) -> str:
 
 
 def unit_times(unit: str) -> tuple[float, float]:
-    """When systemd began to start the unit and when it became active (epoch seconds)."""
-    out = sh(f"systemctl show -P InactiveExitTimestamp,ActiveEnterTimestamp --timestamp=unix {unit}").split()
-    begun, active = (float(v.lstrip("@")) for v in out)
+    """When systemd began to start the unit and when it became active, as wall-clock epoch seconds.
+    Read from the microsecond monotonic stamps (the unix ones have 1 s resolution): the node
+    shares the host's kernel, hence its CLOCK_MONOTONIC."""
+    out = sh(f"systemctl show -P InactiveExitTimestampMonotonic,ActiveEnterTimestampMonotonic {unit}").split()
+    offset = time.time() - time.monotonic()
+    begun, active = (int(v) / 1e6 + offset for v in out)
     return begun, active
 
 
